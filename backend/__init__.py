@@ -1,0 +1,1 @@
+"""Label Studio ML backend (Flask). Not built yet: arrives with issue 3."""

@@ -1,0 +1,4 @@
+"""Grad-CAM heatmaps and their conversion into Label Studio pre-annotations.
+
+Pure numpy / OpenCV / TensorFlow; imports nothing else of this project.
+"""

@@ -1,0 +1,1 @@
+"""The `labeler` command line: training, explaining, and (later) Label Studio project tooling."""

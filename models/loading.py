@@ -1,0 +1,84 @@
+"""Loading and saving classifiers (.keras, .h5, SavedModel folder) with their spec and version id."""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from models.spec import ModelSpec, load_spec, save_spec
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A classifier ready to use: the Keras model, its spec and a version id of its weights."""
+
+    model: keras.Model
+    spec: ModelSpec
+    version: str
+    path: Path
+
+
+def weights_version(model: keras.Model) -> str:
+    """A short id derived from the weights' values and shapes (same weights -> same id, any format)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(str(value.shape).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:12]
+
+
+def save_classifier(model: keras.Model, spec: ModelSpec, path: str | Path) -> Path:
+    """Save ``model`` as ``.keras`` or ``.h5`` (by suffix) with its spec beside it."""
+    path = Path(path)
+    if path.suffix not in (".keras", ".h5"):
+        raise ValueError(f"model path must end in .keras or .h5, got {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    save_spec(spec, path)
+    return path
+
+
+def load_classifier(path: str | Path) -> LoadedModel:
+    """Load a classifier from a ``.keras`` file, a ``.h5`` file or a SavedModel folder, with its spec.
+
+    A SavedModel folder (``saved_model.pb`` inside, written by tf.keras 2) is read through
+    tf_keras (``pip install tf-keras``) and converted in memory, so that Grad-CAM can reach its
+    layers. The spec is ``<name>.spec.json`` beside a file, ``spec.json`` inside a folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path.name}: no such model file or folder")
+    spec = load_spec(path)
+    if path.is_dir():
+        model = _load_saved_model(path)
+    elif path.suffix in (".keras", ".h5"):
+        model = keras.models.load_model(path, compile=False)
+    else:
+        raise ValueError(f"{path.name}: unsupported model format (expected .keras, .h5 or a SavedModel folder)")
+    outputs = model.outputs[0].shape[-1] if model.outputs else None
+    if outputs is not None and outputs != len(spec.class_names):
+        raise ValueError(
+            f"{path.name}: the model has {outputs} outputs but its spec names {len(spec.class_names)} classes"
+        )
+    return LoadedModel(model=model, spec=spec, version=weights_version(model), path=path)
+
+
+def _load_saved_model(folder: Path) -> keras.Model:
+    if not (folder / "saved_model.pb").is_file():
+        raise ValueError(f"{folder.name}: not a SavedModel folder (no saved_model.pb)")
+    try:
+        import tf_keras
+    except ImportError:
+        raise ValueError(
+            f"{folder.name}: reading a SavedModel folder needs tf-keras (pip install 'tf-keras==2.21.*')"
+        ) from None
+    legacy = tf_keras.models.load_model(folder, compile=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        h5 = Path(tmp) / "model.h5"
+        legacy.save(h5)
+        return keras.models.load_model(h5, compile=False)
