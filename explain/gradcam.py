@@ -39,9 +39,11 @@ class Target:
         return cls("class", class_name=text)
 
     def describe(self) -> str:
-        return {"predicted": "predicted", "class": f"class:{self.class_name}", "above": f"above:{self.probability:g}"}[
-            self.kind
-        ]
+        if self.kind == "class":
+            return f"class:{self.class_name}"
+        if self.kind == "above":
+            return f"above:{self.probability:g}"
+        return "predicted"
 
 
 @dataclass(frozen=True)

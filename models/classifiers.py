@@ -46,17 +46,20 @@ def build_small_cnn(
     channels: int = 3,
     filters: tuple[int, ...] = (16, 32, 64),
 ) -> tuple[keras.Model, ModelSpec]:
-    """A small conv net (conv blocks -> last conv "features" -> global average pool -> softmax).
+    """A small conv net (conv-batchnorm-relu blocks, the last one "features" -> global average pool -> softmax).
 
     Trains in minutes on a CPU; the Grad-CAM target is the 4-D ``features`` layer.
     """
     height, width = input_size
     inputs = keras.Input((height, width, channels), name="image")
     x = inputs
-    for i, n in enumerate(filters[:-1]):
-        x = keras.layers.Conv2D(n, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
-        x = keras.layers.MaxPooling2D(name=f"pool{i + 1}")(x)
-    x = keras.layers.Conv2D(filters[-1], 3, padding="same", activation="relu", name="features")(x)
+    for i, n in enumerate(filters):
+        last = i == len(filters) - 1
+        x = keras.layers.Conv2D(n, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"norm{i + 1}")(x)
+        x = keras.layers.Activation("relu", name="features" if last else f"relu{i + 1}")(x)
+        if not last:
+            x = keras.layers.MaxPooling2D(name=f"pool{i + 1}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Dense(len(class_names), activation="softmax", name="predictions")(x)
     model = keras.Model(inputs, outputs, name="small_cnn")

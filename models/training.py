@@ -12,9 +12,10 @@ from models.spec import ModelSpec
 
 @dataclass(frozen=True)
 class TrainingReport:
-    """What a training run achieved: epochs run and the last/best validation accuracy."""
+    """What a training run achieved; accuracies are those of the kept (best validation loss) epoch."""
 
     epochs: int
+    best_epoch: int
     train_accuracy: float
     val_accuracy: float | None
     history: dict
@@ -99,11 +100,18 @@ def train_classifier(
         metrics=["accuracy"],
     )
     validation = dataset(val_idx, False) if len(val_idx) else None
-    history = model.fit(dataset(train_idx, True), validation_data=validation, epochs=epochs, verbose=verbose)
+    # Keep the epoch with the best validation loss: small medical sets make the last epoch noisy.
+    keep_best = [keras.callbacks.EarlyStopping("val_loss", patience=epochs, restore_best_weights=True)]
+    history = model.fit(
+        dataset(train_idx, True), validation_data=validation, epochs=epochs, verbose=verbose,
+        callbacks=keep_best if validation is not None else [],
+    )
     values = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    best = int(np.argmin(values["val_loss"])) if validation is not None else len(values["loss"]) - 1
     return TrainingReport(
         epochs=len(values["loss"]),
-        train_accuracy=values["accuracy"][-1],
-        val_accuracy=values["val_accuracy"][-1] if "val_accuracy" in values else None,
+        best_epoch=best + 1,
+        train_accuracy=values["accuracy"][best],
+        val_accuracy=values["val_accuracy"][best] if validation is not None else None,
         history=values,
     )

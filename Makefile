@@ -1,0 +1,31 @@
+# One command to set up and run each job; everything installs into .venv from PyPI.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := out/demo
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+demo: setup
+	$(BIN)/labeler demo-data $(DEMO)/data --per-class 60 --size 128
+	$(BIN)/labeler train-classifier $(DEMO)/data --out $(DEMO)/model.keras --arch small-cnn --size 128 --epochs 12
+	$(BIN)/labeler explain $(DEMO)/data/opacity/opacity000[0-5].png --model $(DEMO)/model.keras --out $(DEMO)/explain
+	@echo "pictures, masks and Label Studio JSON in $(DEMO)/explain"
+
+test: setup
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/engine.py --out BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) out

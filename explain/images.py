@@ -1,0 +1,198 @@
+"""Reading PNG, JPEG and DICOM images as float RGB arrays.
+
+Errors name the file and the problem, never a DICOM element value: patient data stays out of
+messages, exception chains and logs.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from PIL import JpegImagePlugin, PngImagePlugin
+from pydicom import pixels
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, UID
+
+MAX_PIXELS = 100_000_000
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_OTHER_MAGIC = (b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")  # GIF, BMP, TIFF, WebP
+_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".dcm": "DICOM", ".dicom": "DICOM"}
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_MARKER_ENDED = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes}
+_EPS = 1e-8
+
+Source = str | os.PathLike | bytes | bytearray
+_Header = Dataset | PngImagePlugin.PngImageFile | JpegImagePlugin.JpegImageFile
+
+
+class ImageError(ValueError):
+    """An image that cannot be read; the message is one line, "<file name>: <problem>"."""
+
+
+def load_image(source: Source, *, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read a PNG, JPEG or DICOM image as (H, W, 3) float32 RGB in [0, 1], at its original size.
+
+    `source` is a path or the file's bytes; `name` is the file name errors show (default: the
+    path's name). 8-bit and 16-bit PNG/JPEG are scaled by their full range, gray is replicated to
+    three channels and alpha is composited on black. DICOM goes through its modality and VOI
+    LUTs, MONOCHROME1 is inverted (bone bright) and the result is min-max normalised; the first
+    frame of a multi-frame file is taken. Images over `max_pixels` are refused from their header,
+    before any decoding.
+    """
+    label, kind, data = _read(source, name)
+    header = _header(label, kind, data)
+    width, height = _size(header)
+    if width * height > max_pixels:
+        raise ImageError(f"{label}: {width}x{height} pixels exceeds the limit of {max_pixels}")
+    if kind == "DICOM":
+        return _decode_dicom(label, header)
+    return _decode_raster(label, kind, data)
+
+
+def image_size(source: Source, *, name: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image, read from its header only."""
+    label, kind, data = _read(source, name)
+    return _size(_header(label, kind, data))
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3) float in [0, 1] -> uint8 of the same shape (clipped, rounded, NaN -> 0)."""
+    image = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
+    return np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _read(source: Source, name: str | None) -> tuple[str, str, bytes]:
+    """(display name, "PNG" | "JPEG" | "DICOM", file bytes)."""
+    if isinstance(source, (bytes, bytearray)):
+        label, data = name or "<bytes>", bytes(source)
+    else:
+        path = Path(source)
+        label = name or path.name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"{label}: no such file") from None
+        except IsADirectoryError:
+            raise ImageError(f"{label}: is a directory, not a file") from None
+        except PermissionError:
+            raise ImageError(f"{label}: permission denied") from None
+        except OSError as e:
+            raise ImageError(f"{label}: cannot read file ({e.strerror or type(e).__name__})") from None
+    if not data:
+        raise ImageError(f"{label}: empty file")
+    return label, _kind(label, data), data
+
+
+def _kind(label: str, data: bytes) -> str:
+    """Format from the magic bytes, else from the name's suffix; other known formats are refused."""
+    if data.startswith(_PNG_MAGIC):
+        return "PNG"
+    if data.startswith(_JPEG_MAGIC):
+        return "JPEG"
+    if data[128:132] == b"DICM":
+        return "DICOM"
+    kind = _SUFFIXES.get(Path(label).suffix.lower())
+    if kind is None or data.startswith(_OTHER_MAGIC):
+        raise ImageError(f"{label}: unsupported image format (expected PNG, JPEG or DICOM)")
+    return kind
+
+
+def _header(label: str, kind: str, data: bytes) -> _Header:
+    """The parsed header: a pydicom Dataset (pixels not decoded) or a lazy PIL image."""
+    if kind == "DICOM":
+        return _dicom_header(label, data)
+    plugin = PngImagePlugin.PngImageFile if kind == "PNG" else JpegImagePlugin.JpegImageFile
+    try:
+        return plugin(io.BytesIO(data))
+    except Exception:
+        raise ImageError(f"{label}: not a {kind} file or corrupt") from None
+
+
+def _dicom_header(label: str, data: bytes) -> Dataset:
+    has_magic = data[128:132] == b"DICM"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=not has_magic)
+        has_pixels = any(tag in ds for tag in _PIXEL_TAGS)
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except Exception:
+        raise ImageError(f"{label}: not a DICOM file or corrupt") from None
+    if not has_pixels:
+        problem = "no DICOM pixel data (missing or truncated)" if has_magic else "not a DICOM file or corrupt"
+        raise ImageError(f"{label}: {problem}")
+    if rows <= 0 or columns <= 0:
+        raise ImageError(f"{label}: DICOM file has no valid Rows/Columns")
+    return ds
+
+
+def _size(header: _Header) -> tuple[int, int]:
+    if isinstance(header, Dataset):
+        return int(header.Columns), int(header.Rows)
+    return header.size
+
+
+def _decode_raster(label: str, kind: str, data: bytes) -> np.ndarray:
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
+    if image is None:
+        raise ImageError(f"{label}: corrupt or truncated {kind} data")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{label}: unsupported {kind} sample type {image.dtype}")
+    x = image.astype(np.float32) / np.iinfo(image.dtype).max
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.shape[2] == 4:
+        x = x[..., :3] * x[..., 3:]
+    rgb = np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x[..., ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def _decode_dicom(label: str, ds: Dataset) -> np.ndarray:
+    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    codec = f" ({syntax.name})" if syntax else ""
+    if syntax and not _has_decoder(syntax):
+        raise ImageError(f"{label}: no decoder installed for DICOM pixel data{codec}")
+    try:
+        if not _codestream_complete(ds, syntax):
+            raise EOFError
+        arr = pixels.pixel_array(ds, index=0)
+    except Exception:
+        raise ImageError(f"{label}: corrupt or truncated DICOM pixel data{codec}") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if arr.ndim == 2 and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        try:
+            arr = pixels.apply_voi_lut(pixels.apply_modality_lut(arr, ds), ds)
+        except Exception:
+            raise ImageError(f"{label}: invalid DICOM rescale, LUT or window values") from None
+        if photometric == "MONOCHROME1":
+            arr = -np.asarray(arr, dtype=np.float32)
+        arr = arr[..., None]
+    elif not (arr.ndim == 3 and arr.shape[2] == 3):
+        raise ImageError(f"{label}: unsupported DICOM photometric interpretation {photometric}")
+    x = np.asarray(arr, dtype=np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / max(hi - lo, _EPS)
+    return np.ascontiguousarray(np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x)
+
+
+def _has_decoder(syntax: UID) -> bool:
+    try:
+        return pixels.get_decoder(syntax).is_available
+    except NotImplementedError:
+        return False
+
+
+def _codestream_complete(ds: Dataset, syntax: UID | None) -> bool:
+    """False when a JPEG-family first frame lacks its end marker: libjpeg decodes a cut one silently."""
+    if syntax not in _MARKER_ENDED:
+        return True
+    frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    return frame.rstrip(b"\x00").endswith(b"\xff\xd9")

@@ -1,0 +1,158 @@
+"""Label Studio prediction result dicts (format of Label Studio 1.23).
+
+Pixel inputs are in the ORIGINAL image frame: boxes (x, y, width, height) and
+polygons (x, y) in the pixel-corner frame of :mod:`explain.regions`; Label
+Studio stores them as percentages of the original width and height.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from explain.rle import mask_to_rle
+
+
+def region_id() -> str:
+    """Random 10-hex-digit result id."""
+    return secrets.token_hex(5)
+
+
+def brush_result(
+    mask: np.ndarray, label: str, from_name: str, to_name: str, score: float | None = None
+) -> dict:
+    """``brushlabels`` result for a (H, W) bool/uint8 mask (nonzero = on), H x W the original size."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    height, width = mask.shape
+    value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [_label(label)]}
+    return _result("brushlabels", value, from_name, to_name, score, width, height)
+
+
+def polygon_result(
+    polygon_xy: np.ndarray,
+    width: int,
+    height: int,
+    label: str,
+    from_name: str,
+    to_name: str,
+    score: float | None = None,
+) -> dict:
+    """``polygonlabels`` result for (N >= 3, 2) (x, y) pixel points of a width x height image."""
+    _check_size(width, height)
+    points = np.asarray(polygon_xy, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3 or not np.isfinite(points).all():
+        raise ValueError(f"polygon_xy must be finite (N >= 3, 2) (x, y) points, got shape {points.shape}")
+    percent = np.clip(points / [width, height] * 100, 0, 100).round(4)
+    value = {"points": percent.tolist(), "closed": True, "polygonlabels": [_label(label)]}
+    return _result("polygonlabels", value, from_name, to_name, score, width, height)
+
+
+def rectangle_result(
+    box: tuple[float, float, float, float],
+    width: int,
+    height: int,
+    label: str,
+    from_name: str,
+    to_name: str,
+    score: float | None = None,
+) -> dict:
+    """``rectanglelabels`` result for a (x, y, width, height) pixel box, x, y top-left, clipped to the image."""
+    _check_size(width, height)
+    b = np.asarray(box, dtype=np.float64)
+    if b.shape != (4,) or not np.isfinite(b).all() or b[2] < 0 or b[3] < 0:
+        raise ValueError(f"box must be finite (x, y, width, height) with width, height >= 0, got {box!r}")
+    x0, y0 = np.clip(b[:2], 0, [width, height])
+    x1, y1 = np.clip(b[:2] + b[2:], 0, [width, height])
+    value = {
+        "x": _percent(x0, width),
+        "y": _percent(y0, height),
+        "width": _percent(x1 - x0, width),
+        "height": _percent(y1 - y0, height),
+        "rotation": 0,
+        "rectanglelabels": [_label(label)],
+    }
+    return _result("rectanglelabels", value, from_name, to_name, score, width, height)
+
+
+def choices_result(choices: list[str], from_name: str, to_name: str, score: float | None = None) -> dict:
+    """``choices`` result (image-level classification)."""
+    if isinstance(choices, str) or not choices or not all(isinstance(c, str) and c for c in choices):
+        raise ValueError(f"choices must be a non-empty list of non-empty strings, got {choices!r}")
+    return _result("choices", {"choices": list(choices)}, from_name, to_name, score)
+
+
+@dataclass(frozen=True)
+class Controls:
+    """Names of the labelling config's tags to answer with; None leaves that kind of result out.
+
+    ``labels`` maps a model class to the region label shown in Label Studio (default: the class
+    name itself); ``choices`` receives the predicted class.
+    """
+
+    to_name: str = "image"
+    brush: str | None = "mask"
+    polygon: str | None = "outline"
+    rectangle: str | None = None
+    choices: str | None = "diagnosis"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def prelabel_results(prelabel, controls: Controls = Controls()) -> list[dict]:
+    """Label Studio results for one ``explain.prelabel.Prelabel``.
+
+    One choice (the predicted class, scored by its probability) and, per region of each targeted
+    class, a brush mask, a polygon and / or a box, scored by class probability x mean heat.
+    """
+    results = []
+    if controls.choices:
+        predicted = prelabel.predicted
+        results.append(
+            choices_result([predicted], controls.choices, controls.to_name, prelabel.probabilities[predicted])
+        )
+    size = (prelabel.width, prelabel.height)
+    for cls in prelabel.classes:
+        label = controls.labels.get(cls.class_name, cls.class_name)
+        for region in cls.regions:
+            score = cls.probability * region.score
+            if controls.brush:
+                results.append(brush_result(region.mask, label, controls.brush, controls.to_name, score))
+            if controls.polygon:
+                results.append(polygon_result(region.polygon, *size, label, controls.polygon, controls.to_name, score))
+            if controls.rectangle:
+                results.append(rectangle_result(region.box, *size, label, controls.rectangle, controls.to_name, score))
+    return results
+
+
+def _result(kind, value, from_name, to_name, score, width=None, height=None) -> dict:
+    for name, tag in (("from_name", from_name), ("to_name", to_name)):
+        if not isinstance(tag, str) or not tag:
+            raise ValueError(f"{name} must be a non-empty string, got {tag!r}")
+    result = {"id": region_id(), "from_name": from_name, "to_name": to_name, "type": kind}
+    if width is not None:
+        result.update(original_width=int(width), original_height=int(height), image_rotation=0)
+    result["value"] = value
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, (int, float, np.number)) or not math.isfinite(score):
+            raise ValueError(f"score must be a finite number or None, got {score!r}")
+        result["score"] = float(score)
+    return result
+
+
+def _label(label: str) -> str:
+    if not isinstance(label, str) or not label:
+        raise ValueError(f"label must be a non-empty string, got {label!r}")
+    return label
+
+
+def _check_size(width: int, height: int) -> None:
+    for name, size in (("width", width), ("height", height)):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"{name} must be a positive int, got {size!r}")
+
+
+def _percent(pixels: float, size: int) -> float:
+    return round(float(pixels) / size * 100, 4)
