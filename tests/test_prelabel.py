@@ -1,0 +1,122 @@
+"""The pre-label pipeline end to end on a model whose heatmap is known: the image's own brightness."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle
+
+from explain.gradcam import Target
+from explain.labelstudio import Controls, prelabel_results
+from explain.prelabel import Prelabeler, PrelabelSettings
+from explain.regions import RegionSettings, Threshold
+from models.spec import ModelSpec
+
+INPUT = (32, 40)
+
+
+@pytest.fixture(scope="module")
+def brightness_model():
+    """conv(1x1, weight 1) -> GAP -> dense [+1, -1]: Grad-CAM of class "bright" is the image itself."""
+    inputs = keras.Input((*INPUT, 3))
+    x = keras.layers.Conv2D(1, 1, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="dense")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("conv").set_weights([np.full((1, 1, 3, 1), 1 / 3, np.float32), np.zeros(1, np.float32)])
+    model.get_layer("dense").set_weights([np.array([[4.0, -4.0]], np.float32), np.zeros(2, np.float32)])
+    spec = ModelSpec(input_size=INPUT, class_names=("bright", "dark"))
+    return model, spec
+
+
+def picture(height, width, boxes):
+    """Black (H, W, 3) image with white rectangles (x, y, w, h) in pixels."""
+    image = np.zeros((height, width, 3), np.float32)
+    for x, y, w, h in boxes:
+        image[y : y + h, x : x + w] = 1.0
+    return image
+
+
+def iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def test_regions_are_in_the_original_frame_of_images_of_any_size(brightness_model):
+    model, spec = brightness_model
+    settings = PrelabelSettings(regions=RegionSettings(Threshold("fraction", 0.5)))
+    prelabeler = Prelabeler(model, spec, settings)
+    cases = [(200, 300, [(40, 30, 90, 60)]), (600, 250, [(150, 400, 60, 120), (20, 50, 50, 50)])]
+    images = [picture(h, w, boxes) for h, w, boxes in cases]
+    for image, (height, width, boxes), prelabel in zip(images, cases, prelabeler(images)):
+        assert (prelabel.width, prelabel.height) == (width, height)
+        assert prelabel.predicted == "bright"
+        (cls,) = prelabel.classes
+        assert cls.class_name == "bright" and cls.heatmap.shape == INPUT
+        assert len(cls.regions) == len(boxes)
+        truth = picture(height, width, boxes)[..., 0] > 0
+        union = np.zeros_like(truth)
+        for region in cls.regions:
+            assert region.mask.shape == (height, width)
+            union |= region.mask
+        assert iou(union, truth) > 0.8
+        found = sorted(tuple(r.box) for r in cls.regions)
+        for (x, y, w, h), (bx, by, bw, bh) in zip(sorted(boxes), found):
+            tolerance = max(width, height) / min(INPUT)
+            assert abs(bx - x) <= tolerance and abs(by - y) <= tolerance
+            assert abs(bx + bw - x - w) <= tolerance and abs(by + bh - y - h) <= tolerance
+
+
+def test_label_studio_results_match_the_regions(brightness_model):
+    model, spec = brightness_model
+    (prelabel,) = Prelabeler(model, spec)([picture(120, 200, [(20, 30, 60, 40)])])
+    controls = Controls(rectangle="box", labels={"bright": "Opacity"})
+    results = prelabel_results(prelabel, controls)
+    by_type = {}
+    for result in results:
+        by_type.setdefault(result["type"], []).append(result)
+    assert by_type["choices"][0]["value"]["choices"] == ["bright"]
+    assert by_type["choices"][0]["score"] == pytest.approx(prelabel.probabilities["bright"])
+    (region,) = prelabel.classes[0].regions
+    (brush,) = by_type["brushlabels"]
+    decoded = decode_rle(brush["value"]["rle"]).reshape(120, 200, 4)[:, :, 3]
+    np.testing.assert_array_equal(decoded > 0, region.mask)
+    assert brush["value"]["brushlabels"] == ["Opacity"] and brush["original_width"] == 200
+    (polygon,) = by_type["polygonlabels"]
+    points = np.array(polygon["value"]["points"])
+    assert (points[:, 0].min(), points[:, 1].min()) == pytest.approx((region.box[0] / 2, region.box[1] / 1.2), abs=0.01)
+    (box,) = by_type["rectanglelabels"]
+    assert box["value"]["x"] == pytest.approx(region.box[0] / 2, abs=0.01)
+    assert box["value"]["width"] == pytest.approx(region.box[2] / 2, abs=0.01)
+    assert len({r["id"] for r in results}) == len(results)
+
+
+def test_region_of_interest_restricts_the_regions(brightness_model):
+    model, spec = brightness_model
+    image = picture(100, 100, [(10, 10, 30, 30), (60, 60, 30, 30)])
+    roi = np.zeros((100, 100), bool)
+    roi[50:, 50:] = True
+    (without,), (within,) = (Prelabeler(model, spec)([image], rois) for rois in (None, [roi]))
+    assert len(without.classes[0].regions) == 2
+    (region,) = within.classes[0].regions
+    assert not region.mask[~roi].any() and region.box[0] >= 50
+
+
+def test_targets_and_version_description(brightness_model):
+    model, spec = brightness_model
+    images = [picture(64, 64, [(0, 0, 20, 20)])]
+    named = Prelabeler(model, spec, PrelabelSettings(target=Target.parse("dark")))(images)[0]
+    assert [c.class_name for c in named.classes] == ["dark"]
+    every = Prelabeler(model, spec, PrelabelSettings(target=Target.parse("above:0")))(images)[0]
+    assert [c.class_name for c in every.classes] == ["bright", "dark"]
+    settings = PrelabelSettings(method="guided", regions=RegionSettings(Threshold("otsu"), min_area=0.01))
+    description = Prelabeler(model, spec, settings).description
+    assert description == "guided@conv-logit-predicted-otsu-min0.01-fill-v64"
+    assert Prelabeler(model, spec, PrelabelSettings(method="gradcam++")).description != description
+
+
+def test_empty_batch_and_bad_roi_count(brightness_model):
+    model, spec = brightness_model
+    prelabeler = Prelabeler(model, spec)
+    assert prelabeler([]) == []
+    with pytest.raises(ValueError, match="rois must have one entry per image"):
+        prelabeler([picture(10, 10, [])], rois=[None, None])
