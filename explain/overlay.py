@@ -4,6 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from explain.images import to_uint8
+
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
     "turbo": cv2.COLORMAP_TURBO,
@@ -21,16 +23,13 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
         raise ValueError(f"colormap must be one of {sorted(COLORMAPS)}, got {colormap!r}")
     if heatmap.ndim != 2:
         raise ValueError(f"heatmap must be 2-D (H, W), got shape {heatmap.shape}")
-    levels = np.uint8(np.clip(np.nan_to_num(heatmap), 0.0, 1.0) * 255 + 0.5)
-    return cv2.cvtColor(cv2.applyColorMap(levels, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(cv2.applyColorMap(to_uint8(heatmap), COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, 3) float in [0, 1] -> (H, W, 3) uint8."""
-    image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    return np.uint8(image * 255 + 0.5)
+    image = to_uint8(image)
+    return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
@@ -49,4 +48,4 @@ def panel(image: np.ndarray, heatmap: np.ndarray, colormap: str = "jet", alpha: 
     base = to_rgb8(image)
     height, width = base.shape[:2]
     full = cv2.resize(heatmap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.concatenate([base, colorize(full, colormap), overlay(base / 255.0, full, colormap, alpha)], axis=1)
+    return np.concatenate([base, colorize(full, colormap), overlay(image, full, colormap, alpha)], axis=1)
