@@ -20,8 +20,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals may hold image data
 )
-console = Console()
-errors = Console(stderr=True)
+# soft_wrap: long lines (paths) are not broken at the terminal width, so that every error stays one line.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def one_line_errors(command):
@@ -112,6 +113,8 @@ def train_classifier(
     seed: Annotated[int, typer.Option()] = 0,
 ):
     """Train a classifier on DATA_DIR/<class>/<images> and save it with its spec."""
+    import keras
+
     from labeler.datasets import load_resized, scan_class_folders
     from models.classifiers import ARCHITECTURES
     from models.loading import save_classifier, weights_version
@@ -123,6 +126,7 @@ def train_classifier(
         raise ValueError(f"--out must end in .keras or .h5, got {out.name!r}")
     paths, labels, class_names = scan_class_folders(data_dir)
     options = {"weights": weights} if arch == "inception" else {}
+    keras.utils.set_random_seed(seed)  # the initial weights too, so that --seed reproduces a run
     model, spec = ARCHITECTURES[arch](class_names=class_names, input_size=(size, size), **options)
     images, kept, skipped = load_resized(paths, spec.input_size)
     for line in skipped:
