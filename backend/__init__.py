@@ -1,1 +1,4 @@
-"""Label Studio ML backend (Flask). Not built yet: arrives with issue 3."""
+"""Label Studio ML backend (Flask): Grad-CAM pre-labels on /predict, annotations kept via /webhook.
+
+Start it with ``labeler-backend`` (gunicorn); ``backend.app.create_app`` is the application factory.
+"""

@@ -89,8 +89,8 @@ def choices_result(choices: list[str], from_name: str, to_name: str, score: floa
 class Controls:
     """Names of the labelling config's tags to answer with; None leaves that kind of result out.
 
-    ``labels`` maps a model class to the region label shown in Label Studio (default: the class
-    name itself); ``choices`` receives the predicted class.
+    ``labels`` maps a model class to its label value in these tags (the region label, or the
+    choice); classes it does not name get no result. None keeps every class under its own name.
     """
 
     to_name: str = "image"
@@ -98,7 +98,10 @@ class Controls:
     polygon: str | None = "outline"
     rectangle: str | None = None
     choices: str | None = "diagnosis"
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] | None = None
+
+    def label(self, class_name: str) -> str | None:
+        return class_name if self.labels is None else self.labels.get(class_name)
 
 
 def prelabel_results(prelabel, controls: Controls = Controls()) -> list[dict]:
@@ -108,14 +111,14 @@ def prelabel_results(prelabel, controls: Controls = Controls()) -> list[dict]:
     class, a brush mask, a polygon and / or a box, scored by class probability x mean heat.
     """
     results = []
-    if controls.choices:
-        predicted = prelabel.predicted
-        results.append(
-            choices_result([predicted], controls.choices, controls.to_name, prelabel.probabilities[predicted])
-        )
+    predicted = prelabel.predicted
+    if controls.choices and (choice := controls.label(predicted)):
+        results.append(choices_result([choice], controls.choices, controls.to_name, prelabel.probabilities[predicted]))
     size = (prelabel.width, prelabel.height)
     for cls in prelabel.classes:
-        label = controls.labels.get(cls.class_name, cls.class_name)
+        label = controls.label(cls.class_name)
+        if label is None:
+            continue
         for region in cls.regions:
             score = cls.probability * region.score
             if controls.brush:

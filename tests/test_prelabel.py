@@ -74,7 +74,7 @@ def test_label_studio_results_match_the_regions(brightness_model):
     by_type = {}
     for result in results:
         by_type.setdefault(result["type"], []).append(result)
-    assert by_type["choices"][0]["value"]["choices"] == ["bright"]
+    assert by_type["choices"][0]["value"]["choices"] == ["Opacity"]
     assert by_type["choices"][0]["score"] == pytest.approx(prelabel.probabilities["bright"])
     (region,) = prelabel.classes[0].regions
     (brush,) = by_type["brushlabels"]
@@ -88,6 +88,8 @@ def test_label_studio_results_match_the_regions(brightness_model):
     assert box["value"]["x"] == pytest.approx(region.box[0] / 2, abs=0.01)
     assert box["value"]["width"] == pytest.approx(region.box[2] / 2, abs=0.01)
     assert len({r["id"] for r in results}) == len(results)
+    assert prelabel_results(prelabel, Controls(labels={"dark": "Clear"})) == []
+    assert {r["type"] for r in prelabel_results(prelabel)} == {"choices", "brushlabels", "polygonlabels"}
 
 
 def test_region_of_interest_restricts_the_regions(brightness_model):

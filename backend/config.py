@@ -1,0 +1,86 @@
+"""Backend settings, read from environment variables (documented in the README)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """``"covid=Opacity,pneumonia=Opacity"`` -> {"covid": "Opacity", "pneumonia": "Opacity"}."""
+    pairs = {}
+    for part in _split(text):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"LABEL_MAP entry {part!r}: expected class=Label")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the backend reads from its environment."""
+
+    model_path: Path
+    database_url: str = "sqlite:///data/labeler.db"
+    cam_method: str = "gradcam"
+    cam_layer: str | None = None
+    cam_target: str = "predicted"
+    cam_threshold: str = "fraction:0.2"
+    cam_min_area: float = 0.001
+    cam_max_vertices: int = 64
+    batch_size: int = 16
+    label_map: dict[str, str] = field(default_factory=dict)
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    local_files_document_root: Path | None = None
+    allowed_image_hosts: tuple[str, ...] = ()
+    max_image_bytes: int = 50_000_000
+    fetch_timeout: float = 10.0
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    warmup: bool = True
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "Settings":
+        """Settings from ``env``; a missing MODEL_PATH or a malformed value raises ValueError naming it."""
+        if not env.get("MODEL_PATH"):
+            raise ValueError("MODEL_PATH is not set: point it at a .keras/.h5 model or SavedModel folder with its spec")
+        root = env.get("LOCAL_FILES_DOCUMENT_ROOT")
+        return cls(
+            model_path=Path(env["MODEL_PATH"]),
+            database_url=env.get("DATABASE_URL", cls.database_url),
+            cam_method=env.get("CAM_METHOD", cls.cam_method),
+            cam_layer=env.get("CAM_LAYER") or None,
+            cam_target=env.get("CAM_TARGET", cls.cam_target),
+            cam_threshold=env.get("CAM_THRESHOLD", cls.cam_threshold),
+            cam_min_area=_number(env, "CAM_MIN_AREA", cls.cam_min_area, float),
+            cam_max_vertices=_number(env, "CAM_MAX_VERTICES", cls.cam_max_vertices, int),
+            batch_size=_number(env, "BATCH_SIZE", cls.batch_size, int),
+            label_map=_pairs(env.get("LABEL_MAP", "")),
+            label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/") or None,
+            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
+            local_files_document_root=Path(root) if root else None,
+            allowed_image_hosts=_split(env.get("ALLOWED_IMAGE_HOSTS", "")),
+            max_image_bytes=_number(env, "MAX_IMAGE_BYTES", cls.max_image_bytes, int),
+            fetch_timeout=_number(env, "FETCH_TIMEOUT", cls.fetch_timeout, float),
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            warmup=env.get("WARMUP", "1") not in ("0", "false", "no"),
+        )
+
+
+def _number(env, name, default, kind):
+    if name not in env or env[name] == "":
+        return default
+    try:
+        value = kind(env[name])
+    except ValueError:
+        raise ValueError(f"{name} must be a {kind.__name__}, got {env[name]!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {env[name]!r}")
+    return value

@@ -1,0 +1,84 @@
+"""What the labelling config asks for: which tags to answer and which label each model class gets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from label_studio_sdk.label_interface import LabelInterface
+
+from explain.labelstudio import Controls
+
+REGION_TAGS = {"BrushLabels": "brush", "PolygonLabels": "polygon", "RectangleLabels": "rectangle"}
+# Classes that mean "nothing to outline": by default they get no regions (LABEL_MAP can override).
+NEGATIVE_CLASSES = {"normal", "clear", "healthy", "negative", "no finding", "no_finding"}
+
+
+@dataclass(frozen=True)
+class LabelingPlan:
+    """The Image tag (its name and task data key) and one ``Controls`` per supported control tag."""
+
+    image: str
+    data_key: str
+    controls: tuple[Controls, ...]
+
+
+def _match(name: str, values: list[str], label_map: dict[str, str]) -> str | None:
+    wanted = label_map.get(name)
+    if wanted is not None:
+        return wanted if wanted in values else None
+    lowered = {v.lower(): v for v in values}
+    return lowered.get(name.lower())
+
+
+def _image(config: str):
+    try:
+        interface = LabelInterface(config)
+    except Exception:  # the SDK raises bare parser errors
+        raise ValueError("label_config is not a valid labelling config") from None
+    images = [o for o in interface.objects if o.tag == "Image"]
+    if not images:
+        raise ValueError("label_config has no <Image> object")
+    return interface, images[0]
+
+
+def image_data_key(config: str) -> str:
+    """The task data key holding the image (``$image`` -> ``image``)."""
+    return _image(config)[1].value.lstrip("$")
+
+
+def plan_for(config: str, class_names, label_map: dict[str, str] | None = None) -> LabelingPlan:
+    """Parse a Label Studio labelling config (XML) into a ``LabelingPlan`` for these model classes.
+
+    A class maps to the label of the same name (any case) or to ``label_map[class]``; a region
+    control with a single label (e.g. "Opacity") takes every class not in ``NEGATIVE_CLASSES``.
+    Raises ValueError naming the problem when the config is not XML, has no Image, or has no
+    BrushLabels / PolygonLabels / RectangleLabels / Choices control on it.
+    """
+    label_map = label_map or {}
+    interface, image = _image(config)
+    controls = []
+    for control in interface.controls:
+        if image.name not in control.to_name:
+            continue
+        values = list(control.labels or [])
+        if control.tag == "Choices":
+            mapping = {c: v for c in class_names if (v := _match(c, values, label_map))}
+            if mapping:
+                controls.append(Controls(to_name=image.name, brush=None, polygon=None, choices=control.name, labels=mapping))
+        elif control.tag in REGION_TAGS:
+            mapping = {}
+            for c in class_names:
+                label = _match(c, values, label_map)
+                if label is None and len(values) == 1 and c.lower() not in NEGATIVE_CLASSES and c not in label_map:
+                    label = values[0]
+                if label:
+                    mapping[c] = label
+            if mapping:
+                kind = REGION_TAGS[control.tag]
+                names = {"brush": None, "polygon": None, "rectangle": None, kind: control.name}
+                controls.append(Controls(to_name=image.name, choices=None, labels=mapping, **names))
+    if not controls:
+        raise ValueError(
+            "label_config has no BrushLabels, PolygonLabels, RectangleLabels or Choices control on the image "
+            f"whose labels match the model's classes {list(class_names)}"
+        )
+    return LabelingPlan(image=image.name, data_key=image.value.lstrip("$"), controls=tuple(controls))

@@ -1,0 +1,154 @@
+"""/predict: Label Studio tasks -> one result per task, in task order, each stored in the database.
+
+A task whose image cannot be fetched or decoded gets an empty result of its own and a failure
+row; the other tasks of the batch are pre-labelled as usual.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from backend.fetch import FetchError, ImageFetcher
+from backend.labeling import LabelingPlan
+from backend.metrics import Metrics
+from backend.predictor import Pipeline
+from db import repository
+from explain.images import ImageError, load_image
+from explain.labelstudio import prelabel_results
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(ValueError):
+    """The request body is malformed; the message names the problem (answered as HTTP 400)."""
+
+
+@dataclass
+class TaskImage:
+    index: int
+    task_id: int
+    uri: str
+    image: object = None
+    content_hash: str | None = None
+    failure: tuple[str, str] | None = None
+
+
+def parse_project_id(value) -> int | None:
+    """Label Studio sends ``"<project id>.<created epoch>"``; older versions a bare id."""
+    if value is None:
+        return None
+    try:
+        return int(str(value).split(".", 1)[0])
+    except ValueError:
+        raise BadRequest(f"project must look like '<id>.<timestamp>', got {str(value)[:40]!r}") from None
+
+
+def validate_tasks(body: dict) -> list[dict]:
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise BadRequest("tasks must be a non-empty list of task objects")
+    for n, task in enumerate(tasks):
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise BadRequest(f"tasks[{n}] must be an object with a 'data' object")
+        if not isinstance(task.get("id"), int):
+            raise BadRequest(f"tasks[{n}] must have an integer 'id'")
+    return tasks
+
+
+class Stopwatch:
+    """Adds the time spent in each stage to the metrics and keeps the totals of one request."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.totals: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.totals[name] = self.totals.get(name, 0.0) + elapsed
+            self.metrics.stage.labels(stage=name).observe(elapsed)
+
+
+def predict_tasks(
+    tasks: list[dict],
+    project_id: int | None,
+    plan: LabelingPlan,
+    pipeline: Pipeline,
+    fetcher: ImageFetcher,
+    sessions,
+    metrics: Metrics,
+) -> list[dict]:
+    """One Label Studio prediction per task, in order (see the module docstring)."""
+    watch = Stopwatch(metrics)
+    items = [TaskImage(n, task["id"], task["data"].get(plan.data_key)) for n, task in enumerate(tasks)]
+    for item in items:
+        _load(item, fetcher, watch)
+    good = [item for item in items if item.failure is None]
+    with watch.stage("model"):
+        prelabels = pipeline.prelabeler([item.image for item in good]) if good else []
+    version = pipeline.version
+    answers = [{"result": [], "score": 0.0, "model_version": version} for _ in items]
+    with watch.stage("results"):
+        for item, prelabel in zip(good, prelabels):
+            results = [r for controls in plan.controls for r in prelabel_results(prelabel, controls)]
+            answers[item.index] = {
+                "result": results,
+                "score": prelabel.probabilities[prelabel.predicted],
+                "model_version": version,
+            }
+    with watch.stage("database"):
+        try:
+            _store(sessions, project_id, items, dict(zip((i.index for i in good), prelabels)), answers, pipeline)
+        except Exception as exc:  # the pre-labels still reach Label Studio; the loss is logged and counted
+            metrics.failures.labels(kind="database").inc()
+            log.error("storing %d predictions failed: %s", len(items), type(exc).__name__)
+    for item in items:
+        if item.failure:
+            metrics.failures.labels(kind=item.failure[0]).inc()
+    metrics.predictions.inc(len(good))
+    return answers
+
+
+def _load(item: TaskImage, fetcher: ImageFetcher, watch: Stopwatch):
+    try:
+        with watch.stage("fetch"):
+            data = fetcher.fetch(item.uri, item.task_id)
+        with watch.stage("decode"):
+            item.image = load_image(data, name=f"task {item.task_id}")
+        item.content_hash = hashlib.sha256(data).hexdigest()
+    except FetchError as exc:
+        item.failure = (exc.kind, f"task {item.task_id}: {exc}")
+    except ImageError as exc:
+        item.failure = ("image_decode", str(exc))
+    if item.failure:
+        log.warning("%s", item.failure[1])
+
+
+def _store(sessions, project_id, items, prelabels, answers, pipeline: Pipeline):
+    """Every prediction and failure of the batch, in one transaction."""
+    if project_id is None:
+        return
+    with sessions.begin() as session:
+        project = repository.upsert_project(session, project_id)
+        version = repository.model_version(session, pipeline.version, pipeline.loaded.version, pipeline.settings)
+        for item in items:
+            if item.failure:
+                repository.add_failure(session, item.failure[0], item.failure[1], project=project, ls_task_id=item.task_id)
+                continue
+            prelabel = prelabels[item.index]
+            task = repository.live_task(
+                session, project, item.task_id, item.uri, item.content_hash, prelabel.width, prelabel.height
+            )
+            answer = answers[item.index]
+            for cls in prelabel.classes:
+                repository.add_prediction(
+                    session, task, version, prelabel.probabilities, prelabel.predicted, answer["score"],
+                    cls.class_name, cls.heatmap, answer["result"],
+                )

@@ -1,0 +1,99 @@
+"""The classifier and its pre-label pipeline, loaded once per process, lazily and thread-safely."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from backend.config import Settings
+from explain.gradcam import Target
+from explain.prelabel import Prelabeler, PrelabelSettings
+from explain.regions import RegionSettings, Threshold
+from models.loading import LoadedModel, load_classifier
+
+log = logging.getLogger(__name__)
+
+
+def prelabel_settings(settings: Settings) -> PrelabelSettings:
+    """The pipeline settings named by the environment (ValueError names a bad one)."""
+    method, _, value = settings.cam_threshold.partition(":")
+    try:
+        threshold = Threshold(method, float(value)) if value else Threshold(method)
+    except ValueError as exc:
+        raise ValueError(f"CAM_THRESHOLD {settings.cam_threshold!r}: {exc}") from None
+    return PrelabelSettings(
+        method=settings.cam_method,
+        layer=settings.cam_layer,
+        target=Target.parse(settings.cam_target),
+        regions=RegionSettings(threshold, min_area=settings.cam_min_area, max_vertices=settings.cam_max_vertices),
+    )
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A loaded model and its pre-labeller; ``version`` names the weights and every setting."""
+
+    loaded: LoadedModel
+    prelabeler: Prelabeler
+
+    @property
+    def version(self) -> str:
+        return f"{self.loaded.version}-{self.prelabeler.description}"
+
+    @property
+    def settings(self) -> dict:
+        """Every output-changing setting, as JSON-able values (stored with the model version)."""
+        return {**asdict(self.prelabeler.settings), "layer": self.prelabeler.cam.layer_name}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.loaded.spec.class_names
+
+
+class Predictor:
+    """Builds the ``Pipeline`` on first use (once per process: after a fork, never before)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._pipeline: Pipeline | None = None
+        self._lock = threading.Lock()
+        self._loading = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._pipeline is not None
+
+    def get(self) -> Pipeline:
+        if self._pipeline is None:
+            with self._lock:
+                if self._pipeline is None:
+                    self._pipeline = self._load()
+        return self._pipeline
+
+    def _load(self) -> Pipeline:
+        import tensorflow as tf
+
+        devices = tf.config.list_physical_devices("GPU")
+        for gpu in devices:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        loaded = load_classifier(self.settings.model_path)
+        prelabeler = Prelabeler(loaded.model, loaded.spec, prelabel_settings(self.settings), self.settings.batch_size)
+        height, width = loaded.spec.input_size
+        prelabeler([np.zeros((height, width, 3), np.float32)])  # trace the compiled graph now, not on a task
+        pipeline = Pipeline(loaded, prelabeler)
+        device = f"GPU ({len(devices)})" if devices else "CPU"
+        log.info("model %s loaded on %s: %s", loaded.path.name, device, pipeline.version)
+        return pipeline
+
+    def warm_up_in_background(self):
+        """Start loading now in a daemon thread, so the first request does not wait for it."""
+
+        def load():
+            try:
+                self.get()
+            except Exception as exc:  # reported again, with its message, on the first request
+                log.error("model failed to load: %s", exc)
+
+        threading.Thread(target=load, name="model-warmup", daemon=True).start()

@@ -1,0 +1,53 @@
+"""``labeler-backend``: the ML backend under gunicorn, the production WSGI server.
+
+Each worker builds its own app after the fork (TensorFlow does not survive a fork), so the
+model is loaded once per worker. Settings: BACKEND_HOST (127.0.0.1), BACKEND_PORT (9090),
+BACKEND_WORKERS (1), BACKEND_THREADS (4), BACKEND_TIMEOUT (seconds, 300), plus those of
+backend.config.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from gunicorn.app.base import BaseApplication
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, options: dict):
+        self.options = options
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from backend.app import create_app
+
+        return create_app()
+
+
+def main():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from backend.config import Settings
+
+    try:
+        Settings.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    env = os.environ
+    _Gunicorn(
+        {
+            "bind": f"{env.get('BACKEND_HOST', '127.0.0.1')}:{env.get('BACKEND_PORT', '9090')}",
+            "workers": int(env.get("BACKEND_WORKERS", "1")),
+            "threads": int(env.get("BACKEND_THREADS", "4")),
+            "worker_class": "gthread",
+            "timeout": int(env.get("BACKEND_TIMEOUT", "300")),
+            "preload_app": False,
+            "accesslog": None,
+        }
+    ).run()

@@ -1,0 +1,410 @@
+"""Reading and appending rows. Every function takes a Session and flushes; the caller commits.
+
+Nothing here deletes a row: tasks are soft-deleted, predictions and annotation revisions are
+only ever added. Functions that insert under a unique key survive a concurrent writer that
+inserted the same key first (the insert runs in a SAVEPOINT and the winner's row is returned).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .fingerprints import revision_fingerprint
+from .heatmaps import decode_heatmap, encode_heatmap
+from .jsoncodec import canonical
+from .schema import (
+    REVISION_ACTIONS,
+    AnnotationRevision,
+    Failure,
+    ModelVersion,
+    Prediction,
+    Project,
+    Task,
+)
+from .timestamps import parse_ls_time, utcnow
+
+_Row = TypeVar("_Row")
+_KIND_MAX = 32
+_MESSAGE_MAX = 500
+
+
+def _add_unique(session: Session, row: _Row, find: Callable[[], _Row | None]) -> _Row:
+    """Insert `row` in a SAVEPOINT; on a unique-key conflict return the existing row."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        existing = find()
+        if existing is None:
+            raise
+        return existing
+    return row
+
+
+def get_project(session: Session, ls_project_id: int) -> Project | None:
+    """The project with this Label Studio id, or None."""
+    return session.scalars(select(Project).where(Project.ls_project_id == ls_project_id)).first()
+
+
+def upsert_project(
+    session: Session, ls_project_id: int, title: str | None = None, label_config: str | None = None
+) -> Project:
+    """The project with this Label Studio id, created when new; a given title or labelling
+    config replaces the stored one and moves ``updated_at``."""
+    project = get_project(session, ls_project_id)
+    if project is None:
+        new = Project(ls_project_id=ls_project_id, title=title, label_config=label_config)
+        project = _add_unique(session, new, lambda: get_project(session, ls_project_id))
+    changes = {
+        name: value
+        for name, value in (("title", title), ("label_config", label_config))
+        if value is not None and getattr(project, name) != value
+    }
+    if changes:
+        for name, value in changes.items():
+            setattr(project, name, value)
+        project.updated_at = utcnow()
+        session.flush()
+    return project
+
+
+def get_live_task(session: Session, project: Project, ls_task_id: int) -> Task | None:
+    """The task with this Label Studio id that has not been deleted, or None."""
+    return session.scalars(
+        select(Task).where(
+            Task.project_id == project.id,
+            Task.ls_task_id == ls_task_id,
+            Task.deleted_at.is_(None),
+        )
+    ).first()
+
+
+def live_task(
+    session: Session,
+    project: Project,
+    ls_task_id: int,
+    image_uri: str,
+    content_hash: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+) -> Task:
+    """The live task for `ls_task_id`, created when there is none.
+
+    Label Studio reuses task ids after deletes: when the live row shows another image (another
+    ``image_uri``, or another known ``content_hash``), it is marked deleted and a new row
+    created. Missing hash and size (pixels) on a matching row are filled in.
+    """
+    task = get_live_task(session, project, ls_task_id)
+    if task is not None and _same_image(task, image_uri, content_hash):
+        for name, value in (("content_hash", content_hash), ("width", width), ("height", height)):
+            if value is not None and getattr(task, name) is None:
+                setattr(task, name, value)
+        session.flush()
+        return task
+    if task is not None:
+        task.deleted_at = utcnow()
+        session.flush()
+    new = Task(
+        project_id=project.id,
+        ls_task_id=ls_task_id,
+        image_uri=image_uri,
+        content_hash=content_hash,
+        width=width,
+        height=height,
+    )
+    return _add_unique(session, new, lambda: get_live_task(session, project, ls_task_id))
+
+
+def _same_image(task: Task, image_uri: str, content_hash: str | None) -> bool:
+    if task.image_uri != image_uri:
+        return False
+    return content_hash is None or task.content_hash is None or task.content_hash == content_hash
+
+
+def delete_tasks(session: Session, project: Project, ls_task_ids: Iterable[int]) -> int:
+    """Mark the live tasks with these Label Studio ids deleted; returns how many were live."""
+    ids = {int(i) for i in ls_task_ids}
+    if not ids:
+        return 0
+    tasks = session.scalars(
+        select(Task).where(
+            Task.project_id == project.id,
+            Task.ls_task_id.in_(ids),
+            Task.deleted_at.is_(None),
+        )
+    ).all()
+    now = utcnow()
+    for task in tasks:
+        task.deleted_at = now
+    session.flush()
+    return len(tasks)
+
+
+def get_model_version(session: Session, name: str) -> ModelVersion | None:
+    """The model version with this name, or None."""
+    return session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
+
+
+def model_version(
+    session: Session, name: str, weights_id: str, settings: Mapping[str, Any]
+) -> ModelVersion:
+    """The model version called `name`, created when new.
+
+    Raises ValueError when the name already stands for other weights or settings: Label Studio
+    skips tasks that have a prediction of the current version, so any change needs a new name.
+    """
+    if not name:
+        raise ValueError("name must be a non-empty model_version string")
+    settings = dict(settings)
+    version = get_model_version(session, name)
+    if version is None:
+        new = ModelVersion(name=name, weights_id=weights_id, settings=settings)
+        version = _add_unique(session, new, lambda: get_model_version(session, name))
+    if version.weights_id != weights_id or canonical(version.settings) != canonical(settings):
+        raise ValueError(
+            f"model version {name!r} already stands for weights {version.weights_id!r} and "
+            f"settings {version.settings!r}; use a new name for weights {weights_id!r}, "
+            f"settings {settings!r}"
+        )
+    return version
+
+
+def add_prediction(
+    session: Session,
+    task: Task,
+    version: ModelVersion,
+    probabilities: Mapping[str, float],
+    predicted_class: str,
+    score: float,
+    class_name: str,
+    heatmap: np.ndarray | bytes | None,
+    results: Sequence[Mapping[str, Any]],
+) -> Prediction:
+    """Append one prediction.
+
+    Parameters
+    ----------
+    probabilities : Mapping[str, float]
+        Class name -> probability in [0, 1].
+    predicted_class, score : str, float
+        The top class and the score sent to Label Studio.
+    class_name : str
+        The class whose heatmap this is.
+    heatmap : np.ndarray or bytes or None
+        (H, W) values in [0, 1] at the CAM layer's resolution (stored with `encode_heatmap`,
+        within 0.5/255), bytes already in that encoding, or None.
+    results : Sequence[Mapping]
+        The Label Studio regions sent for the task.
+    """
+    probs = {str(k): float(v) for k, v in probabilities.items()}
+    if not all(math.isfinite(p) for p in probs.values()):
+        raise ValueError(f"probabilities must be finite, got {probs}")
+    score = float(score)
+    if not math.isfinite(score):
+        raise ValueError(f"score must be finite, got {score}")
+    if isinstance(heatmap, (bytes, bytearray, memoryview)):
+        heatmap = bytes(heatmap)
+        decode_heatmap(heatmap)
+    elif heatmap is not None:
+        heatmap = encode_heatmap(heatmap)
+    prediction = Prediction(
+        task_id=task.id,
+        model_version_id=version.id,
+        probabilities=probs,
+        predicted_class=str(predicted_class),
+        score=score,
+        class_name=str(class_name),
+        heatmap=heatmap,
+        results=[dict(r) for r in results],
+    )
+    session.add(prediction)
+    session.flush()
+    return prediction
+
+
+def _fingerprint_exists(session: Session, fingerprint: str) -> bool:
+    found = session.scalar(
+        select(AnnotationRevision.id).where(AnnotationRevision.fingerprint == fingerprint)
+    )
+    return found is not None
+
+
+def add_annotation_revision(
+    session: Session,
+    task: Task,
+    ls_annotation_id: int,
+    action: str,
+    result: Sequence[Mapping[str, Any]] | None,
+    *,
+    completed_by: int | None = None,
+    updated_by: int | None = None,
+    lead_time: float | None = None,
+    was_cancelled: bool = False,
+    ground_truth: bool = False,
+    ls_created_at: str | datetime | None = None,
+    ls_updated_at: str | datetime | None = None,
+    parent_prediction: int | None = None,
+    fingerprint: str | None = None,
+) -> AnnotationRevision | None:
+    """Append one received state of an annotation; None (nothing added) for a repeated delivery.
+
+    ``action`` is "created", "updated" or "deleted" (whose ``result`` must be None);
+    ``lead_time`` is in seconds; ``ls_*_at`` are Label Studio ISO strings or aware datetimes.
+    ``fingerprint`` defaults to `revision_fingerprint` of the Label Studio ids, action,
+    ``ls_updated_at`` and result.
+    """
+    if action not in REVISION_ACTIONS:
+        raise ValueError(f"action must be one of {REVISION_ACTIONS}, got {action!r}")
+    if action == "deleted" and result is not None:
+        raise ValueError("result must be None for a deleted revision")
+    result_json = None if result is None else [dict(r) for r in result]
+    updated_at = parse_ls_time(ls_updated_at)
+    if fingerprint is None:
+        fingerprint = revision_fingerprint(
+            task.project.ls_project_id, task.ls_task_id, ls_annotation_id, action, updated_at,
+            result_json,
+        )
+    if _fingerprint_exists(session, fingerprint):
+        return None
+    revision = AnnotationRevision(
+        task_id=task.id,
+        ls_annotation_id=ls_annotation_id,
+        action=action,
+        result=result_json,
+        completed_by=completed_by,
+        updated_by=updated_by,
+        lead_time=None if lead_time is None else float(lead_time),
+        was_cancelled=bool(was_cancelled),
+        ground_truth=bool(ground_truth),
+        ls_created_at=parse_ls_time(ls_created_at),
+        ls_updated_at=updated_at,
+        parent_prediction=parent_prediction,
+        fingerprint=fingerprint,
+    )
+    try:
+        with session.begin_nested():
+            session.add(revision)
+            session.flush()
+    except IntegrityError:
+        if _fingerprint_exists(session, fingerprint):
+            return None
+        raise
+    return revision
+
+
+def record_deletion(
+    session: Session, project: Project, ls_annotation_id: int
+) -> AnnotationRevision | None:
+    """Append a "deleted" revision on the task of the annotation's last revision.
+
+    None when the annotation is unknown in this project or already deleted.
+    """
+    last = session.scalars(
+        select(AnnotationRevision)
+        .join(Task)
+        .where(Task.project_id == project.id, AnnotationRevision.ls_annotation_id == ls_annotation_id)
+        .order_by(AnnotationRevision.id.desc())
+        .limit(1)
+    ).first()
+    if last is None or last.action == "deleted":
+        return None
+    return add_annotation_revision(session, last.task, ls_annotation_id, "deleted", None)
+
+
+def add_failure(
+    session: Session,
+    kind: str,
+    message: str,
+    project: Project | None = None,
+    ls_task_id: int | None = None,
+) -> Failure:
+    """Record a failure. ``kind`` is a short code ("image_fetch", "image_decode", "model",
+    "bad_request", ...); ``message`` is squeezed to one line of at most 500 characters and must
+    carry no patient data."""
+    if not kind or len(kind) > _KIND_MAX:
+        raise ValueError(f"kind must be 1..{_KIND_MAX} characters, got {kind!r}")
+    line = " ".join(str(message).split())
+    if len(line) > _MESSAGE_MAX:
+        line = line[: _MESSAGE_MAX - 3] + "..."
+    failure = Failure(
+        project_id=None if project is None else project.id,
+        ls_task_id=ls_task_id,
+        kind=kind,
+        message=line,
+    )
+    session.add(failure)
+    session.flush()
+    return failure
+
+
+def revisions(
+    session: Session,
+    project: Project,
+    ls_task_id: int | None = None,
+    *,
+    include_deleted_tasks: bool = False,
+) -> list[AnnotationRevision]:
+    """Annotation revisions of the project (or one task), oldest first; only live tasks'
+    unless `include_deleted_tasks`."""
+    query = select(AnnotationRevision).join(Task).where(Task.project_id == project.id)
+    if ls_task_id is not None:
+        query = query.where(Task.ls_task_id == ls_task_id)
+    if not include_deleted_tasks:
+        query = query.where(Task.deleted_at.is_(None))
+    return list(session.scalars(query.order_by(AnnotationRevision.id)))
+
+
+def current_annotations(session: Session, project: Project) -> list[AnnotationRevision]:
+    """The last revision of every annotation on the project's live tasks, deleted ones left out."""
+    last_ids = (
+        select(func.max(AnnotationRevision.id))
+        .join(Task)
+        .where(Task.project_id == project.id, Task.deleted_at.is_(None))
+        .group_by(AnnotationRevision.ls_annotation_id)
+    )
+    query = (
+        select(AnnotationRevision)
+        .where(AnnotationRevision.id.in_(last_ids), AnnotationRevision.action != "deleted")
+        .order_by(AnnotationRevision.id)
+    )
+    return list(session.scalars(query))
+
+
+def predictions_for(
+    session: Session, project: Project, ls_task_id: int, *, include_deleted_tasks: bool = False
+) -> list[Prediction]:
+    """Predictions for a task, oldest first; only the live task's unless `include_deleted_tasks`."""
+    query = select(Prediction).join(Task).where(
+        Task.project_id == project.id, Task.ls_task_id == ls_task_id
+    )
+    if not include_deleted_tasks:
+        query = query.where(Task.deleted_at.is_(None))
+    return list(session.scalars(query.order_by(Prediction.id)))
+
+
+def latest_prediction(
+    session: Session,
+    project: Project,
+    ls_task_id: int,
+    *,
+    model_version: str | None = None,
+    class_name: str | None = None,
+) -> Prediction | None:
+    """The newest prediction for the live task, optionally of one model version name or one
+    heatmap class; None when there is none."""
+    query = select(Prediction).join(Task).where(
+        Task.project_id == project.id, Task.ls_task_id == ls_task_id, Task.deleted_at.is_(None)
+    )
+    if model_version is not None:
+        query = query.join(ModelVersion).where(ModelVersion.name == model_version)
+    if class_name is not None:
+        query = query.where(Prediction.class_name == class_name)
+    return session.scalars(query.order_by(Prediction.id.desc()).limit(1)).first()

@@ -1,0 +1,185 @@
+"""Database tables. Nothing is deleted; predictions and annotation revisions are append-only;
+only projects' title/config, tasks' soft deletion and tasks' missing hash/size are updated.
+
+All timestamps are timezone-aware UTC; ``ls_*`` columns hold Label Studio's own ids.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from .heatmaps import decode_heatmap
+from .timestamps import UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+REVISION_ACTIONS = ("created", "updated", "deleted")
+
+_LIVE = "deleted_at IS NULL"
+
+
+class Base(DeclarativeBase):
+    """Declarative base whose metadata names every constraint and index."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Project(Base):
+    """A Label Studio project."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ls_project_id: Mapped[int] = mapped_column(Integer, unique=True)
+    title: Mapped[str | None] = mapped_column(String(255))
+    label_config: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Task(Base):
+    """One image task. Label Studio reuses task ids after deletes: a deleted task keeps its row
+    (``deleted_at`` set) and at most one live row exists per (project, ls_task_id)."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_project_id_ls_task_id", "project_id", "ls_task_id"),
+        Index(
+            "uq_tasks_project_id_ls_task_id_live",
+            "project_id",
+            "ls_task_id",
+            unique=True,
+            sqlite_where=text(_LIVE),
+            postgresql_where=text(_LIVE),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    ls_task_id: Mapped[int] = mapped_column(Integer)
+    image_uri: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    project: Mapped[Project] = relationship()
+
+    @property
+    def is_live(self) -> bool:
+        """True while the task has not been deleted in Label Studio."""
+        return self.deleted_at is None
+
+
+class ModelVersion(Base):
+    """A model_version string sent to Label Studio and what it stands for."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    weights_id: Mapped[str] = mapped_column(String(255))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Prediction(Base):
+    """One pre-label answer for a task (append-only).
+
+    ``probabilities`` maps class name to probability in [0, 1]; ``score`` is the score sent to
+    Label Studio; ``class_name`` is the class the heatmap explains; ``heatmap`` holds the
+    low-resolution map in `db.heatmaps` encoding; ``results`` the regions sent.
+    """
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    predicted_class: Mapped[str] = mapped_column(String(255))
+    score: Mapped[float] = mapped_column(Float)
+    class_name: Mapped[str] = mapped_column(String(255))
+    heatmap: Mapped[bytes | None] = mapped_column(LargeBinary)
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    task: Mapped[Task] = relationship()
+    model_version: Mapped[ModelVersion] = relationship()
+
+    @property
+    def heatmap_array(self) -> np.ndarray | None:
+        """The decoded (H, W) float32 heatmap in [0, 1], or None when none was stored."""
+        return None if self.heatmap is None else decode_heatmap(self.heatmap)
+
+
+class AnnotationRevision(Base):
+    """One received state of a Label Studio annotation (append-only).
+
+    ``action`` is created, updated or deleted; ``result`` is the regions JSON (None when
+    deleted); ``lead_time`` is in seconds; ``fingerprint`` is unique so that a repeated webhook
+    delivery adds nothing.
+    """
+
+    __tablename__ = "annotation_revisions"
+    __table_args__ = (
+        CheckConstraint("action IN ('created', 'updated', 'deleted')", name="action"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    ls_annotation_id: Mapped[int] = mapped_column(Integer, index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    result: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    completed_by: Mapped[int | None] = mapped_column(Integer)
+    updated_by: Mapped[int | None] = mapped_column(Integer)
+    lead_time: Mapped[float | None] = mapped_column(Float)
+    was_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    ground_truth: Mapped[bool] = mapped_column(Boolean, default=False)
+    ls_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ls_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    parent_prediction: Mapped[int | None] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+
+    task: Mapped[Task] = relationship()
+
+
+class Failure(Base):
+    """Something that went wrong while pre-labelling: a short ``kind`` code and a one-line
+    message free of patient data."""
+
+    __tablename__ = "failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), index=True)
+    ls_task_id: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    project: Mapped[Project | None] = relationship()

@@ -1,0 +1,455 @@
+"""The database package on real SQLite files migrated by Alembic."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.exc import IntegrityError
+
+import db
+from db import repository as repo
+from db.schema import AnnotationRevision, Base, Failure, Prediction, Project, Task
+
+TABLES = {"projects", "tasks", "model_versions", "predictions", "annotation_revisions", "failures"}
+RESULT = [{"id": "r1", "from_name": "mask", "to_name": "image", "type": "brushlabels",
+           "value": {"format": "rle", "rle": [0, 1, 2], "brushlabels": ["Opacity"]}}]
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path / 'var' / 'labels.db'}"
+
+
+@pytest.fixture
+def engine(url):
+    db.migrate(url)
+    engine = db.make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def Session(engine):
+    return db.session_factory(engine)
+
+
+@pytest.fixture
+def session(Session):
+    with Session() as session:
+        yield session
+
+
+@pytest.fixture
+def project(session):
+    project = db.upsert_project(session, 7, title="CXR", label_config="<View/>")
+    session.commit()
+    return project
+
+
+@pytest.fixture
+def version(session):
+    version = db.model_version(session, "gradcam-v1", "sha256:abc", {"method": "gradcam", "layer": "mixed10"})
+    session.commit()
+    return version
+
+
+def _sql_log(engine):
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    return statements
+
+
+# -- migrations and engine ---------------------------------------------------------------
+
+
+def test_migrate_creates_folder_and_twice_is_a_no_op(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert db.migrate(url) == db.head_revision() == "0001"
+    assert (tmp_path / "var" / "labels.db").is_file()
+    engine = db.make_engine(url)
+    schema_before = _schema_sql(engine)
+    assert db.migrate(url) == "0001"
+    assert _schema_sql(engine) == schema_before
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0001"]
+        assert TABLES <= set(sa.inspect(conn).get_table_names())
+    engine.dispose()
+
+
+def _schema_sql(engine):
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+
+def test_downgrade_to_base_and_upgrade_again(url, engine):
+    config = db.alembic_config(url)
+    command.downgrade(config, "base")
+    assert set(sa.inspect(engine).get_table_names()) == {"alembic_version"}
+    command.upgrade(config, "head")
+    assert TABLES <= set(sa.inspect(engine).get_table_names())
+
+
+def test_sqlite_pragmas_on_every_connection(engine):
+    reader = engine.execution_options(sqlite_begin="DEFERRED")
+    with reader.connect() as first, reader.connect() as second:
+        for conn in (first, second):
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+
+
+def test_open_reader_does_not_block_a_writer(engine, Session):
+    reader = engine.execution_options(sqlite_begin="DEFERRED")
+    with reader.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(Project)) == 0
+        with Session.begin() as session:
+            db.upsert_project(session, 1)
+        assert conn.scalar(sa.select(sa.func.count()).select_from(Project)) == 0
+    with reader.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(Project)) == 1
+
+
+def test_bad_begin_mode_refused(url):
+    with pytest.raises(ValueError, match="sqlite_begin"):
+        db.make_engine(url, sqlite_begin="EVENTUALLY")
+
+
+def test_alembic_config_keeps_percent_escapes():
+    config = db.alembic_config("postgresql://user:p%40ss@host/labels")
+    assert config.get_main_option("sqlalchemy.url") == "postgresql://user:p%40ss@host/labels"
+
+
+def test_migrated_schema_equals_models(engine):
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        indexes = {ix["name"]: ix for ix in sa.inspect(conn).get_indexes("tasks")}
+    live = indexes["uq_tasks_project_id_ls_task_id_live"]
+    assert live["unique"] and live["column_names"] == ["project_id", "ls_task_id"]
+    sql = {name: text for _, name, text in _schema_sql(engine)}
+    assert sql["uq_tasks_project_id_ls_task_id_live"].endswith("WHERE deleted_at IS NULL")
+
+
+def test_db_imports_nothing_else_of_the_project():
+    code = ("import sys, db; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in {'labeler', 'backend', 'explain', 'models'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- integrity ---------------------------------------------------------------------------
+
+
+def test_foreign_keys_enforced(session):
+    session.add(Task(project_id=999, ls_task_id=1, image_uri="/data/upload/1/a.png"))
+    with pytest.raises(IntegrityError):
+        session.flush()
+
+
+def test_unique_live_task_enforced_by_the_database(session, project):
+    deleted = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    session.add_all([
+        Task(project_id=project.id, ls_task_id=5, image_uri="a", deleted_at=deleted),
+        Task(project_id=project.id, ls_task_id=5, image_uri="b", deleted_at=deleted),
+        Task(project_id=project.id, ls_task_id=5, image_uri="c"),
+    ])
+    session.commit()
+    session.add(Task(project_id=project.id, ls_task_id=5, image_uri="d"))
+    with pytest.raises(IntegrityError):
+        session.commit()
+
+
+def test_revision_action_checked_by_the_database(session, project):
+    task = db.live_task(session, project, 1, "a")
+    session.add(AnnotationRevision(task_id=task.id, ls_annotation_id=1, action="edited", fingerprint="x"))
+    with pytest.raises(IntegrityError):
+        session.flush()
+
+
+# -- projects, tasks, model versions -------------------------------------------------------
+
+
+def test_upsert_project_updates_given_fields_only(session, project):
+    created, updated = project.created_at, project.updated_at
+    same = db.upsert_project(session, 7)
+    assert same is project and same.title == "CXR" and same.updated_at == updated
+    db.upsert_project(session, 7, title="CXR v2")
+    session.commit()
+    assert project.title == "CXR v2" and project.label_config == "<View/>"
+    assert project.updated_at > updated and project.created_at == created
+    assert session.scalar(sa.select(sa.func.count()).select_from(Project)) == 1
+
+
+def test_task_id_reuse_keeps_the_deleted_task(session, project):
+    first = db.live_task(session, project, 1, "/data/upload/7/a.png", width=100, height=80)
+    assert db.live_task(session, project, 1, "/data/upload/7/a.png") is first
+    assert db.delete_tasks(session, project, [1, 2]) == 1
+    assert db.delete_tasks(session, project, [1]) == 0
+    second = db.live_task(session, project, 1, "/data/upload/7/b.png")
+    session.commit()
+    rows = session.scalars(sa.select(Task).order_by(Task.id)).all()
+    assert [t.image_uri for t in rows] == ["/data/upload/7/a.png", "/data/upload/7/b.png"]
+    assert [t.is_live for t in rows] == [False, True]
+    assert rows[1] is second and second.id != first.id
+    assert db.get_live_task(session, project, 1) is second
+
+
+def test_live_task_with_another_image_replaces_the_live_one(session, project):
+    first = db.live_task(session, project, 3, "a.png")
+    same = db.live_task(session, project, 3, "a.png", content_hash="h1", width=10, height=20)
+    assert same is first and (first.content_hash, first.width, first.height) == ("h1", 10, 20)
+    by_hash = db.live_task(session, project, 3, "a.png", content_hash="h2")
+    by_uri = db.live_task(session, project, 3, "b.png")
+    session.commit()
+    assert len({first.id, by_hash.id, by_uri.id}) == 3
+    assert [first.is_live, by_hash.is_live, by_uri.is_live] == [False, False, True]
+
+
+def test_model_version_get_or_create(session, version):
+    settings = {"layer": "mixed10", "method": "gradcam"}
+    assert db.model_version(session, "gradcam-v1", "sha256:abc", settings) is version
+    with pytest.raises(ValueError, match="new name"):
+        db.model_version(session, "gradcam-v1", "sha256:abc", {"method": "gradcam++"})
+    other = db.model_version(session, "gradcam-v2", "sha256:abc", {"threshold": np.float32(0.5)})
+    session.commit()
+    assert other.id != version.id and other.settings == {"threshold": 0.5}
+
+
+# -- predictions ---------------------------------------------------------------------------
+
+
+def _predict(session, task, version, heatmap=None, score=0.8, class_name="covid"):
+    return db.add_prediction(
+        session, task, version,
+        probabilities={"covid": np.float32(0.8), "normal": 0.15, "pneumonia": 0.05},
+        predicted_class="covid", score=score, class_name=class_name,
+        heatmap=heatmap, results=RESULT,
+    )
+
+
+def test_predictions_are_append_only(engine, session, project, version):
+    task = db.live_task(session, project, 1, "a.png")
+    first = _predict(session, task, version, heatmap=np.full((6, 6), 0.5))
+    session.commit()
+    statements = _sql_log(engine)
+    second = _predict(session, task, version, score=0.6)
+    session.commit()
+    assert not [s for s in statements if s.lstrip().upper().startswith(("UPDATE", "DELETE"))]
+    assert [p.id for p in db.predictions_for(session, project, 1)] == [first.id, second.id]
+    session.expire_all()
+    assert session.get(Prediction, first.id).score == pytest.approx(0.8)
+    assert session.get(Prediction, first.id).probabilities["covid"] == pytest.approx(0.8)
+    assert session.get(Prediction, first.id).results == RESULT
+
+
+def test_prediction_queries_follow_the_live_task(session, project, version):
+    old = db.live_task(session, project, 1, "a.png")
+    _predict(session, old, version)
+    new = db.live_task(session, project, 1, "b.png")
+    v2 = db.model_version(session, "gradcam-v2", "sha256:def", {})
+    p1 = _predict(session, new, version, class_name="covid")
+    p2 = _predict(session, new, v2, class_name="normal")
+    session.commit()
+    assert [p.id for p in db.predictions_for(session, project, 1)] == [p1.id, p2.id]
+    assert len(db.predictions_for(session, project, 1, include_deleted_tasks=True)) == 3
+    assert db.latest_prediction(session, project, 1) is p2
+    assert db.latest_prediction(session, project, 1, model_version="gradcam-v1") is p1
+    assert db.latest_prediction(session, project, 1, class_name="covid") is p1
+    assert db.latest_prediction(session, project, 2) is None
+
+
+def test_prediction_rejects_non_finite_numbers(session, project, version):
+    task = db.live_task(session, project, 1, "a.png")
+    with pytest.raises(ValueError, match="score"):
+        _predict(session, task, version, score=float("nan"))
+
+
+# -- heatmaps ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (6, 10), (1, 2), (64, 48)])
+def test_heatmap_round_trip_within_one_level(shape):
+    heatmap = np.random.default_rng(0).random(shape)
+    heatmap.flat[0], heatmap.flat[-1] = 0.0, 1.0
+    decoded = db.decode_heatmap(db.encode_heatmap(heatmap))
+    assert decoded.shape == shape and decoded.dtype == np.float32
+    assert np.abs(decoded - heatmap).max() <= 0.5 / 255 + 1e-7
+    assert decoded.min() == 0.0 and decoded.max() == 1.0
+
+
+def test_heatmap_is_compact():
+    heatmap = np.random.default_rng(1).random((8, 8)).astype(np.float16)
+    assert len(db.encode_heatmap(heatmap)) < 100
+    assert len(db.encode_heatmap(np.zeros((64, 64)))) < 60
+
+
+@pytest.mark.parametrize("bad", [np.zeros(4), np.zeros((2, 2, 2)), np.zeros((0, 3)),
+                                 np.full((2, 2), np.nan), np.full((2, 2), 1.5), np.full((2, 2), -0.1)])
+def test_heatmap_rejects_bad_input(bad):
+    with pytest.raises(ValueError):
+        db.encode_heatmap(bad)
+
+
+def test_heatmap_rejects_foreign_bytes():
+    with pytest.raises(ValueError):
+        db.decode_heatmap(b"\x89PNG\r\n\x1a\n" + bytes(20))
+
+
+def test_heatmap_stored_with_the_prediction(Session, session, project, version):
+    heatmap = np.linspace(0, 1, 48).reshape(6, 8)
+    task = db.live_task(session, project, 1, "a.png")
+    prediction_id = _predict(session, task, version, heatmap=heatmap).id
+    session.commit()
+    with Session() as fresh:
+        stored = fresh.get(Prediction, prediction_id)
+        assert np.abs(stored.heatmap_array - heatmap).max() <= 1 / 255
+
+
+# -- annotation revisions --------------------------------------------------------------------
+
+
+def _revise(session, task, ls_annotation_id=11, action="created", updated="2025-03-01T10:00:00.5Z", **kw):
+    return db.add_annotation_revision(
+        session, task, ls_annotation_id, action, kw.pop("result", RESULT),
+        completed_by=1, updated_by=1, lead_time=12.5, ls_created_at="2025-03-01T10:00:00Z",
+        ls_updated_at=updated, parent_prediction=3, **kw,
+    )
+
+
+def test_duplicate_delivery_adds_nothing(session, project):
+    task = db.live_task(session, project, 1, "a.png")
+    first = _revise(session, task)
+    assert first is not None and len(first.fingerprint) == 64
+    assert _revise(session, task) is None
+    assert _revise(session, task, updated="2025-03-01T12:00:00.5+02:00") is None
+    update = _revise(session, task, action="updated", updated="2025-03-01T10:05:00Z")
+    session.commit()
+    assert [r.id for r in db.revisions(session, project, 1)] == [first.id, update.id]
+
+
+def test_duplicate_racing_past_the_check_is_caught(session, project, monkeypatch):
+    task = db.live_task(session, project, 1, "a.png")
+    _revise(session, task)
+    checks: list[str] = []
+    real_check = repo._fingerprint_exists
+
+    def first_check_misses(session, fingerprint):
+        checks.append(fingerprint)
+        return len(checks) > 1 and real_check(session, fingerprint)
+
+    monkeypatch.setattr(repo, "_fingerprint_exists", first_check_misses)
+    assert _revise(session, task) is None
+    assert len(checks) == 2
+    session.commit()
+    assert session.scalar(sa.select(sa.func.count()).select_from(AnnotationRevision)) == 1
+    assert db.get_live_task(session, project, 1) is task
+
+
+def test_other_integrity_errors_are_not_swallowed(session, project):
+    ghost = Task(id=999, project_id=project.id, ls_task_id=9, image_uri="x")
+    with pytest.raises(IntegrityError):
+        db.add_annotation_revision(session, ghost, 1, "created", [], fingerprint="f" * 64)
+
+
+def test_revision_fields_and_utc_times(Session, session, project):
+    task = db.live_task(session, project, 1, "a.png")
+    revision_id = _revise(session, task, was_cancelled=True, ground_truth=True).id
+    session.commit()
+    with Session() as fresh:
+        stored = fresh.get(AnnotationRevision, revision_id)
+        assert stored.result == RESULT and stored.lead_time == 12.5 and stored.parent_prediction == 3
+        assert stored.was_cancelled is True and stored.ground_truth is True
+        assert stored.ls_updated_at == datetime(2025, 3, 1, 10, 0, 0, 500000, tzinfo=timezone.utc)
+        for value in (stored.ls_created_at, stored.received_at, fresh.get(Project, project.id).created_at):
+            assert value.tzinfo is not None and value.utcoffset() == timedelta(0)
+        assert abs(datetime.now(timezone.utc) - stored.received_at) < timedelta(minutes=1)
+
+
+def test_naive_timestamps_are_refused(session, project):
+    project.updated_at = datetime(2025, 1, 1)
+    with pytest.raises(sa.exc.StatementError, match="timezone-aware"):
+        session.flush()
+
+
+def test_record_deletion(session, project):
+    task = db.live_task(session, project, 1, "a.png")
+    other = db.live_task(session, project, 2, "b.png")
+    _revise(session, task, ls_annotation_id=11)
+    _revise(session, task, ls_annotation_id=11, action="updated", updated="2025-03-02T00:00:00Z")
+    kept = _revise(session, other, ls_annotation_id=12)
+    deleted = db.record_deletion(session, project, 11)
+    assert deleted is not None and deleted.task_id == task.id and deleted.action == "deleted"
+    assert deleted.result is None
+    assert db.record_deletion(session, project, 11) is None
+    assert db.record_deletion(session, project, 404) is None
+    assert db.record_deletion(session, db.upsert_project(session, 8), 12) is None
+    session.commit()
+    assert [r.action for r in db.revisions(session, project, 1)] == ["created", "updated", "deleted"]
+    assert db.current_annotations(session, project) == [kept]
+
+
+def test_deleted_revision_takes_no_result(session, project):
+    task = db.live_task(session, project, 1, "a.png")
+    with pytest.raises(ValueError, match="action"):
+        _revise(session, task, action="removed")
+    with pytest.raises(ValueError, match="result"):
+        _revise(session, task, action="deleted")
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+def test_failures_stored_on_one_line(session, project):
+    db.add_failure(session, "image_fetch", "HTTP 401\n  for /data/upload/7/a.png", project, ls_task_id=4)
+    db.add_failure(session, "bad_request", "x" * 900)
+    session.commit()
+    rows = session.scalars(sa.select(Failure).order_by(Failure.id)).all()
+    assert [(f.kind, f.project_id, f.ls_task_id) for f in rows] == [
+        ("image_fetch", project.id, 4), ("bad_request", None, None)]
+    assert rows[0].message == "HTTP 401 for /data/upload/7/a.png"
+    assert len(rows[1].message) == 500 and rows[1].message.endswith("...")
+    with pytest.raises(ValueError, match="kind"):
+        db.add_failure(session, "", "no kind")
+
+
+# -- concurrency ---------------------------------------------------------------------------
+
+
+def test_concurrent_writers_on_one_file(url, engine, project):
+    workers, distinct, shared = 4, 50, 10
+    barrier = threading.Barrier(workers)
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        own = db.make_engine(url)
+        Session = db.session_factory(own)
+        try:
+            barrier.wait()
+            for i in range(distinct + shared):
+                with Session.begin() as session:
+                    proj = db.upsert_project(session, 7)
+                    task = db.live_task(session, proj, 1, "a.png")
+                    key = f"shared-{i}" if i >= distinct else f"w{worker}-{i}"
+                    db.add_annotation_revision(session, task, i, "created", [], fingerprint=key)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+        finally:
+            own.dispose()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with db.session_factory(engine)() as session:
+        count = session.scalar(sa.select(sa.func.count()).select_from(AnnotationRevision))
+        assert count == workers * distinct + shared
+        assert session.scalar(sa.select(sa.func.count()).select_from(Task)) == 1
