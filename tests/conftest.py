@@ -6,6 +6,7 @@ need it skip with a clear reason on a clone without it; in CI it is always prese
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "tests") not in sys.path:  # tests/labelstudio.py is imported by name
+    sys.path.insert(0, str(REPO / "tests"))
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -24,3 +27,20 @@ def shared_data() -> Path:
             pytest.fail(f"CI must have the shared research data at {SHARED_DATA}")
         pytest.skip(f"research data not found at {SHARED_DATA} (only present beside the team's checkouts)")
     return SHARED_DATA
+
+
+# --- Label Studio end-to-end server (tests/labelstudio.py) -----------------------------------
+# A real label-studio 1.23 in its own cached venv (.cache/label-studio-venv), started once per
+# session on a free 127.0.0.1 port with a fresh data dir, admin user and legacy token. An
+# install or start failure is raised, so every test using the fixture ERRORS (it never skips).
+@pytest.fixture(scope="session")
+def label_studio():
+    """A running `labelstudio.LabelStudioServer`: .url, .token, .username, .password, .document_root."""
+    from labelstudio import LabelStudioServer
+
+    server = LabelStudioServer()
+    server.start()  # raises LabelStudioError with the log's tail
+    try:
+        yield server
+    finally:
+        server.stop()
