@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-STAGES = ("fetch", "decode", "model", "results", "database")
 
 
 class Metrics:
@@ -19,7 +18,7 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.stage = Histogram(
-            "labeler_predict_stage_seconds", "Time per /predict stage", ["stage"], registry=self.registry,
+            "labeler_predict_stage_seconds", "Time per /predict stage: fetch, decode, model (forward + CAM), regions, results (Label Studio JSON), database", ["stage"], registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.failures = Counter("labeler_failures", "Failures by kind", ["kind"], registry=self.registry)

@@ -91,8 +91,11 @@ def predict_tasks(
     for item in items:
         _load(item, fetcher, watch)
     good = [item for item in items if item.failure is None]
+    images = [item.image for item in good]
     with watch.stage("model"):
-        prelabels = pipeline.prelabeler([item.image for item in good]) if good else []
+        explanations = pipeline.prelabeler.explain(images)
+    with watch.stage("regions"):
+        prelabels = pipeline.prelabeler.regions(images, explanations)
     version = pipeline.version
     answers = [{"result": [], "score": 0.0, "model_version": version} for _ in items]
     with watch.stage("results"):

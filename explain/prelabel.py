@@ -11,7 +11,7 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
-from explain.gradcam import GradCam, Target
+from explain.gradcam import Explanation, GradCam, Target
 from explain.regions import Region, RegionSettings, extract_regions
 
 
@@ -96,16 +96,23 @@ class Prelabeler:
 
         rois : optional region-of-interest masks, one (H, W) per image (or None), e.g. the lungs.
         """
+        return self.regions(images, self.explain(images), rois)
+
+    def explain(self, images: Sequence[np.ndarray]) -> list[Explanation]:
+        """The model step: probabilities and low-resolution class maps, one compiled call per batch."""
         if not len(images):
             return []
+        return self.cam.explain(model_inputs(images, self.spec), self.settings.target, self.spec.class_names)
+
+    def regions(self, images, explanations: list[Explanation], rois=None) -> list[Prelabel]:
+        """The post-processing step: each map resized to its ORIGINAL image and cut into regions."""
         rois = list(rois) if rois is not None else [None] * len(images)
         if len(rois) != len(images):
             raise ValueError(f"rois must have one entry per image ({len(images)}), got {len(rois)}")
-        names = self.spec.class_names
-        explanations = self.cam.explain(model_inputs(images, self.spec), self.settings.target, names)
-        return [self._prelabel(im, roi, ex, names) for im, roi, ex in zip(images, rois, explanations)]
+        return [self._prelabel(im, roi, ex) for im, roi, ex in zip(images, rois, explanations)]
 
-    def _prelabel(self, image, roi, explanation, names) -> Prelabel:
+    def _prelabel(self, image, roi, explanation: Explanation) -> Prelabel:
+        names = self.spec.class_names
         height, width = image.shape[:2]
         classes = tuple(
             ClassRegions(
