@@ -18,7 +18,7 @@ from backend.fetch import ImageFetcher, LabelStudioAuth
 from backend.labeling import plan_for
 from backend.metrics import Metrics
 from backend.predict import BadRequest, parse_project_id, predict_tasks, validate_tasks
-from backend.predictor import Predictor, prelabel_settings
+from backend.predictor import ModelUnavailable, Predictor, prelabel_settings
 from backend.webhooks import handle_event
 from db import repository
 from db.engine import make_engine, session_factory
@@ -135,6 +135,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     def bad_request(exc):
         backend.metrics.failures.labels(kind="bad_request").inc()
         return _error(str(exc), 400)
+
+    @app.errorhandler(ModelUnavailable)
+    def model_unavailable(exc):
+        backend.metrics.failures.labels(kind="model").inc()
+        return _error(str(exc), 503)
 
     @app.errorhandler(HTTPException)
     def http_error(exc):

@@ -52,6 +52,10 @@ class Pipeline:
         return self.loaded.spec.class_names
 
 
+class ModelUnavailable(Exception):
+    """The model could not be loaded; the message says why (answered as HTTP 503)."""
+
+
 class Predictor:
     """Builds the ``Pipeline`` on first use (once per process: after a fork, never before)."""
 
@@ -69,7 +73,10 @@ class Predictor:
         if self._pipeline is None:
             with self._lock:
                 if self._pipeline is None:
-                    self._pipeline = self._load()
+                    try:
+                        self._pipeline = self._load()
+                    except (ValueError, OSError) as exc:
+                        raise ModelUnavailable(f"model could not be loaded: {exc}") from None
         return self._pipeline
 
     def _load(self) -> Pipeline:
@@ -93,7 +100,7 @@ class Predictor:
         def load():
             try:
                 self.get()
-            except Exception as exc:  # reported again, with its message, on the first request
+            except ModelUnavailable as exc:  # reported again on every request until fixed
                 log.error("model failed to load: %s", exc)
 
         threading.Thread(target=load, name="model-warmup", daemon=True).start()

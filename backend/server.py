@@ -33,9 +33,10 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from backend.config import Settings
+    from backend.predictor import prelabel_settings
 
     try:
-        Settings.from_env()
+        prelabel_settings(Settings.from_env())
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

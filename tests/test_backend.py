@@ -239,3 +239,28 @@ def test_webhooks_store_revisions_once_and_never_overwrite(client, sessions):
 def test_malformed_webhooks_get_a_400(client, body, message):
     answer = client.post("/webhook", json=body)
     assert answer.status_code == 400 and message in answer.json["error"]
+
+
+def test_a_model_that_cannot_load_gets_a_503_naming_it(tmp_path, documents):
+    settings = make_settings(tmp_path, tmp_path / "missing.keras", documents)
+    client = create_app(settings).test_client()
+    answer = client.post("/predict", json=predict_body(task(1, "img0.png")))
+    assert answer.status_code == 503
+    assert answer.json == {"error": "model could not be loaded: missing.keras: no such model file or folder"}
+    assert client.get("/health").json["model_loaded"] is False
+
+
+def test_bad_settings_stop_the_server_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [str(Path(sys.executable).parent / "labeler-backend")]
+    for env, message in [
+        ({}, "error: MODEL_PATH is not set"),
+        ({"MODEL_PATH": "m.keras", "CAM_THRESHOLD": "magic"}, "error: CAM_THRESHOLD 'magic'"),
+        ({"MODEL_PATH": "m.keras", "BATCH_SIZE": "many"}, "error: BATCH_SIZE must be a int"),
+    ]:
+        done = subprocess.run(command, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in done.stderr
