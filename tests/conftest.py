@@ -44,3 +44,22 @@ def label_studio():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def http(label_studio):
+    """A requests session with the server's legacy token, never through a proxy."""
+    import requests
+
+    with requests.Session() as session:
+        session.trust_env = False
+        session.headers["Authorization"] = f"Token {label_studio.token}"
+        yield session
+
+
+@pytest.fixture(scope="session")
+def ls(label_studio):
+    """The label-studio-sdk client for the test server."""
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)

@@ -20,7 +20,6 @@ import keras
 import numpy as np
 import pytest
 import requests
-from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 from sqlalchemy import select
@@ -77,19 +76,6 @@ def backend(label_studio, tmp_path_factory):
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=30)
     log.close()
-
-
-@pytest.fixture(scope="module")
-def ls(label_studio):
-    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
-
-
-@pytest.fixture(scope="module")
-def http(label_studio):
-    session = requests.Session()
-    session.trust_env = False
-    session.headers["Authorization"] = f"Token {label_studio.token}"
-    return session
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 LABEL_CONFIG = """<View>
@@ -42,21 +41,6 @@ def _png(seed: int) -> bytes:
     ok, encoded = cv2.imencode(".png", image)
     assert ok
     return encoded.tobytes()
-
-
-@pytest.fixture(scope="module")
-def http(label_studio):
-    """requests session authenticated with the legacy token, never through a proxy."""
-    session = requests.Session()
-    session.trust_env = False
-    session.headers["Authorization"] = f"Token {label_studio.token}"
-    yield session
-    session.close()
-
-
-@pytest.fixture(scope="module")
-def ls(label_studio) -> LabelStudio:
-    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
 
 
 @pytest.fixture(scope="module")
