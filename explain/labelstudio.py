@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explain.rle import mask_to_rle
+import cv2
+
+from explain.rle import mask_to_rle, rle_to_mask
+
+REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 
 
 def region_id() -> str:
@@ -128,6 +132,56 @@ def prelabel_results(prelabel, controls: Controls = Controls()) -> list[dict]:
             if controls.rectangle:
                 results.append(rectangle_result(region.box, *size, label, controls.rectangle, controls.to_name, score))
     return results
+
+
+def region_mask(result: dict, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """(H, W) bool mask of one brush / polygon / rectangle result, at the original image size
+    (``original_width`` / ``original_height`` of the result unless given)."""
+    kind = result.get("type")
+    if kind not in REGION_TYPES:
+        raise ValueError(f"result type must be one of {REGION_TYPES}, got {kind!r}")
+    width = int(width or result.get("original_width") or 0)
+    height = int(height or result.get("original_height") or 0)
+    _check_size(width, height)
+    value = result.get("value") or {}
+    if kind == "brushlabels":
+        return rle_to_mask(value["rle"], height, width) > 0
+    mask = np.zeros((height, width), np.uint8)
+    if kind == "rectanglelabels":
+        keys = (("x", width), ("y", height), ("width", width), ("height", height))
+        x, y, w, h = (float(value[k]) / 100 * size for k, size in keys)
+        angle = np.deg2rad(float(value.get("rotation") or 0))
+        if angle == 0:
+            mask[round(y) : round(y + h), round(x) : round(x + w)] = 1
+            return mask.astype(bool)
+        # Label Studio rotates a box about its top-left corner.
+        offsets = np.array([[0, 0], [w, 0], [w, h], [0, h]])
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        corners = offsets @ rotation.T + [x, y]
+    else:
+        corners = np.asarray(value["points"], dtype=np.float64) / 100 * [width, height]
+    # Points are pixel corners; fillPoly fills pixel centres, which sit at +0.5 in that frame.
+    cv2.fillPoly(mask, [np.round((corners - 0.5) * 16).astype(np.int32)], 1, shift=4)
+    return mask.astype(bool)
+
+
+def results_to_masks(results: list[dict], width: int | None = None, height: int | None = None) -> dict[str, np.ndarray]:
+    """Union of the region masks per label: {label: (H, W) bool}, from an annotation's or a
+    prediction's ``result`` list (other result types are skipped)."""
+    masks: dict[str, np.ndarray] = {}
+    for result in results or []:
+        kind = result.get("type")
+        if kind not in REGION_TYPES:
+            continue
+        mask = region_mask(result, width, height)
+        for label in result["value"].get(kind, []):
+            masks[label] = masks[label] | mask if label in masks else mask
+    return masks
+
+
+def result_choices(results: list[dict]) -> list[str]:
+    """Every choice selected in a ``result`` list, in order."""
+    return [c for r in results or [] if r.get("type") == "choices" for c in r["value"].get("choices", [])]
 
 
 def _result(kind, value, from_name, to_name, score, width=None, height=None) -> dict:

@@ -130,3 +130,39 @@ def test_ids_are_unique():
 def test_bad_arguments_name_the_parameter(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_results_back_to_masks_round_trip_the_regions():
+    from explain.labelstudio import region_mask, result_choices, results_to_masks
+    from explain.regions import RegionSettings, extract_regions
+
+    height, width = 90, 140
+    rows, cols = np.mgrid[:height, :width]
+    heat = np.exp(-(((cols - 40) / 15.0) ** 2 + ((rows - 30) / 12.0) ** 2)) + np.exp(-(((cols - 100) / 14.0) ** 2 + ((rows - 60) / 16.0) ** 2))
+    regions = extract_regions(heat / heat.max(), RegionSettings(max_vertices=64))
+    assert len(regions) == 2
+    union = regions[0].mask | regions[1].mask
+    brush = [brush_result(r.mask, "Opacity", "mask", "image") for r in regions]
+    polygons = [polygon_result(r.polygon, width, height, "Opacity", "outline", "image") for r in regions]
+    boxes = [rectangle_result(r.box, width, height, "Box", "box", "image") for r in regions]
+    masks = results_to_masks(brush + [choices_result(["covid"], "dx", "image")])
+    assert list(masks) == ["Opacity"] and (masks["Opacity"] == union).all()
+    from_polygons = results_to_masks(polygons)["Opacity"]
+    assert (from_polygons & union).sum() / (from_polygons | union).sum() >= 0.9
+    for region, box in zip(regions, boxes):
+        x, y, w, h = region.box
+        expected = np.zeros((height, width), bool)
+        expected[y : y + h, x : x + w] = True
+        assert (region_mask(box) == expected).all()
+    assert result_choices(brush + [choices_result(["covid"], "dx", "image")]) == ["covid"]
+    with pytest.raises(ValueError, match="result type must be one of"):
+        region_mask({"type": "choices", "value": {}})
+
+
+def test_a_rotated_box_turns_about_its_top_left_corner():
+    from explain.labelstudio import region_mask
+
+    value = {"x": 10, "y": 10, "width": 20, "height": 10, "rotation": 90, "rectanglelabels": ["a"]}
+    mask = region_mask({"type": "rectanglelabels", "original_width": 100, "original_height": 100, "value": value})
+    rows, cols = np.nonzero(mask)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 30, 0, 10)
