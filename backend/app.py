@@ -14,7 +14,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend.config import Settings
-from backend.fetch import ImageFetcher, LabelStudioAuth
+from explain.fetch import ImageFetcher, LabelStudioAuth
 from backend.labeling import plan_for
 from backend.metrics import Metrics
 from backend.predict import BadRequest, parse_project_id, predict_tasks, validate_tasks

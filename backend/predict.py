@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from backend.fetch import FetchError, ImageFetcher
+from explain.fetch import FetchError, ImageFetcher
 from backend.labeling import LabelingPlan
 from backend.metrics import Metrics
 from backend.predictor import Pipeline

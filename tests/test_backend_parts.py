@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from backend.fetch import FetchError, ImageFetcher, LabelStudioAuth
+from explain.fetch import FetchError, ImageFetcher, LabelStudioAuth
 from backend.labeling import image_data_key, plan_for
 
 CLASSES = ("covid", "normal", "pneumonia")
