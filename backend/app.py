@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from backend.config import Settings
 from explain.fetch import ImageFetcher, LabelStudioAuth
-from backend.labeling import plan_for
+from explain.labeling import plan_for
 from backend.metrics import Metrics
 from backend.predict import BadRequest, parse_project_id, predict_tasks, validate_tasks
 from backend.predictor import ModelUnavailable, Predictor, prelabel_settings

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from explain.fetch import FetchError, ImageFetcher
-from backend.labeling import LabelingPlan
+from explain.labeling import LabelingPlan
 from backend.metrics import Metrics
 from backend.predictor import Pipeline
 from db import repository
@@ -138,20 +138,16 @@ def _store(sessions, project_id, items, prelabels, answers, pipeline: Pipeline):
     """Every prediction and failure of the batch, in one transaction."""
     if project_id is None:
         return
+    records = [
+        repository.PredictionRecord.of(
+            prelabels[item.index], item.task_id, item.uri, item.content_hash,
+            answers[item.index]["result"], answers[item.index]["score"],
+        )
+        for item in items
+        if item.failure is None
+    ]
+    failures = [(item.task_id, *item.failure) for item in items if item.failure]
     with sessions.begin() as session:
-        project = repository.upsert_project(session, project_id)
-        version = repository.model_version(session, pipeline.version, pipeline.loaded.version, pipeline.settings)
-        for item in items:
-            if item.failure:
-                repository.add_failure(session, item.failure[0], item.failure[1], project=project, ls_task_id=item.task_id)
-                continue
-            prelabel = prelabels[item.index]
-            task = repository.live_task(
-                session, project, item.task_id, item.uri, item.content_hash, prelabel.width, prelabel.height
-            )
-            answer = answers[item.index]
-            for cls in prelabel.classes:
-                repository.add_prediction(
-                    session, task, version, prelabel.probabilities, prelabel.predicted, answer["score"],
-                    cls.class_name, cls.heatmap, answer["result"],
-                )
+        repository.store_predictions(
+            session, project_id, pipeline.version, pipeline.loaded.version, pipeline.settings, records, failures
+        )

@@ -5,7 +5,7 @@ registered twice) adds nothing.
 """
 from __future__ import annotations
 
-from backend.labeling import image_data_key
+from explain.labeling import image_data_key
 from backend.predict import BadRequest, parse_project_id
 from db import repository
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -408,3 +409,66 @@ def latest_prediction(
     if class_name is not None:
         query = query.where(Prediction.class_name == class_name)
     return session.scalars(query.order_by(Prediction.id.desc()).limit(1)).first()
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One task's pre-label as sent to Label Studio, for `store_predictions`.
+
+    heatmaps : (class name, (h, w) heatmap in [0, 1]) per explained class; may be empty.
+    """
+
+    ls_task_id: int
+    image_uri: str
+    content_hash: str | None
+    width: int
+    height: int
+    probabilities: Mapping[str, float]
+    predicted_class: str
+    score: float
+    heatmaps: Sequence[tuple[str, np.ndarray]]
+    results: Sequence[Mapping[str, Any]]
+
+    @classmethod
+    def of(cls, prelabel, ls_task_id: int, image_uri: str, content_hash: str | None, results, score: float):
+        """From an ``explain.prelabel.Prelabel`` (read by attribute: width, height,
+        probabilities, predicted, classes[].class_name / .heatmap)."""
+        return cls(
+            ls_task_id=ls_task_id,
+            image_uri=image_uri,
+            content_hash=content_hash,
+            width=prelabel.width,
+            height=prelabel.height,
+            probabilities=prelabel.probabilities,
+            predicted_class=prelabel.predicted,
+            score=score,
+            heatmaps=[(c.class_name, c.heatmap) for c in prelabel.classes],
+            results=results,
+        )
+
+
+def store_predictions(
+    session: Session,
+    ls_project_id: int,
+    version_name: str,
+    weights_id: str,
+    settings: Mapping[str, Any],
+    records: Sequence[PredictionRecord],
+    failures: Sequence[tuple[int, str, str]] = (),
+) -> Project:
+    """A batch of pre-labels (one prediction row per explained class, or one without a heatmap)
+    and of failures ``(ls_task_id, kind, message)``, shared by the backend and ``labeler prelabel``."""
+    project = upsert_project(session, ls_project_id)
+    version = model_version(session, version_name, weights_id, settings)
+    for record in records:
+        task = live_task(
+            session, project, record.ls_task_id, record.image_uri, record.content_hash, record.width, record.height
+        )
+        for class_name, heatmap in record.heatmaps or [(record.predicted_class, None)]:
+            add_prediction(
+                session, task, version, record.probabilities, record.predicted_class, record.score,
+                class_name, heatmap, record.results,
+            )
+    for ls_task_id, kind, message in failures:
+        add_failure(session, kind, message, project=project, ls_task_id=ls_task_id)
+    return project

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from explain.fetch import FetchError, ImageFetcher, LabelStudioAuth
-from backend.labeling import image_data_key, plan_for
+from explain.labeling import image_data_key, plan_for
 
 CLASSES = ("covid", "normal", "pneumonia")
 

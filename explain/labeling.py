@@ -1,7 +1,9 @@
-"""What the labelling config asks for: which tags to answer and which label each model class gets."""
+"""Labelling configs: generated from a model's classes, and parsed into which tags to answer and
+which label each model class gets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
 
 from label_studio_sdk.label_interface import LabelInterface
 
@@ -10,6 +12,23 @@ from explain.labelstudio import Controls
 REGION_TAGS = {"BrushLabels": "brush", "PolygonLabels": "polygon", "RectangleLabels": "rectangle"}
 # Classes that mean "nothing to outline": by default they get no regions (LABEL_MAP can override).
 NEGATIVE_CLASSES = {"normal", "clear", "healthy", "negative", "no finding", "no_finding"}
+
+
+def labeling_config(class_names, region_labels=None) -> str:
+    """A labelling config for a classifier: the class as Choices, the regions as BrushLabels and
+    PolygonLabels. ``region_labels`` default to every class not in ``NEGATIVE_CLASSES``."""
+    if region_labels is None:
+        region_labels = [c for c in class_names if c.lower() not in NEGATIVE_CLASSES]
+    if not region_labels:
+        raise ValueError(f"no region labels: every class of {list(class_names)} is a negative class")
+    choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in class_names)
+    labels = "".join(f"<Label value={quoteattr(label)}/>" for label in region_labels)
+    return (
+        '<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
+        f'  <Choices name="diagnosis" toName="image" choice="single" showInline="true">{choices}</Choices>\n'
+        f'  <BrushLabels name="mask" toName="image">{labels}</BrushLabels>\n'
+        f'  <PolygonLabels name="outline" toName="image">{labels}</PolygonLabels>\n</View>'
+    )
 
 
 @dataclass(frozen=True)
