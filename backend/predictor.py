@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,12 +40,12 @@ class Pipeline:
 
     @property
     def version(self) -> str:
-        return f"{self.loaded.version}-{self.prelabeler.description}"
+        return self.prelabeler.version(self.loaded.version)
 
     @property
     def settings(self) -> dict:
         """Every output-changing setting, as JSON-able values (stored with the model version)."""
-        return {**asdict(self.prelabeler.settings), "layer": self.prelabeler.cam.layer_name}
+        return self.prelabeler.recorded_settings
 
     @property
     def class_names(self) -> tuple[str, ...]:

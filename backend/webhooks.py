@@ -5,7 +5,7 @@ registered twice) adds nothing.
 """
 from __future__ import annotations
 
-from explain.labeling import image_data_key
+from explain.labeling import task_image_uri
 from backend.predict import BadRequest, parse_project_id
 from db import repository
 
@@ -81,22 +81,7 @@ def _revision(session, project, annotation, task, action) -> bool:
     if not isinstance(task_id, int):
         raise BadRequest("the annotation's task id is missing")
     live = _task(session, project, task_id, task)
-    revision = repository.add_annotation_revision(
-        session,
-        live,
-        annotation["id"],
-        action,
-        annotation.get("result"),
-        completed_by=_user(annotation.get("completed_by")),
-        updated_by=_user(annotation.get("updated_by")),
-        lead_time=annotation.get("lead_time"),
-        was_cancelled=bool(annotation.get("was_cancelled")),
-        ground_truth=bool(annotation.get("ground_truth")),
-        ls_created_at=annotation.get("created_at"),
-        ls_updated_at=annotation.get("updated_at"),
-        parent_prediction=annotation.get("parent_prediction"),
-    )
-    return revision is not None
+    return repository.add_ls_annotation(session, live, annotation, action) is not None
 
 
 def _task(session, project, task_id: int, task):
@@ -104,18 +89,4 @@ def _task(session, project, task_id: int, task):
     data = task.get("data") if isinstance(task, dict) else None
     if not isinstance(data, dict):
         return repository.get_live_task(session, project, task_id) or repository.live_task(session, project, task_id, "")
-    key = None
-    if project.label_config:
-        try:
-            key = image_data_key(project.label_config)
-        except ValueError:
-            key = None
-    image_uri = data.get(key) if key else next((v for v in data.values() if isinstance(v, str)), None)
-    return repository.live_task(session, project, task_id, image_uri if isinstance(image_uri, str) else "")
-
-
-def _user(value):
-    """Label Studio sends a user id, or a user object in some payloads."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if isinstance(value, int) else None
+    return repository.live_task(session, project, task_id, task_image_uri(data, project.label_config))

@@ -301,6 +301,43 @@ def add_annotation_revision(
     return revision
 
 
+def last_revision(session: Session, project: Project, ls_annotation_id: int) -> AnnotationRevision | None:
+    """The newest stored revision of a Label Studio annotation in this project."""
+    return session.scalars(
+        select(AnnotationRevision)
+        .join(Task)
+        .where(Task.project_id == project.id, AnnotationRevision.ls_annotation_id == ls_annotation_id)
+        .order_by(AnnotationRevision.id.desc())
+        .limit(1)
+    ).first()
+
+
+def add_ls_annotation(session: Session, task: Task, annotation: Mapping[str, Any], action: str) -> AnnotationRevision | None:
+    """A revision from a Label Studio annotation object, as webhooks and exports carry it
+    (``id``, ``result``, ``completed_by`` as an id or a user object, ``lead_time``, ...).
+    None when this very state is already stored."""
+
+    def user(value):
+        value = value.get("id") if isinstance(value, Mapping) else value
+        return value if isinstance(value, int) else None
+
+    return add_annotation_revision(
+        session,
+        task,
+        annotation["id"],
+        action,
+        annotation.get("result"),
+        completed_by=user(annotation.get("completed_by")),
+        updated_by=user(annotation.get("updated_by")),
+        lead_time=annotation.get("lead_time"),
+        was_cancelled=bool(annotation.get("was_cancelled")),
+        ground_truth=bool(annotation.get("ground_truth")),
+        ls_created_at=annotation.get("created_at"),
+        ls_updated_at=annotation.get("updated_at"),
+        parent_prediction=annotation.get("parent_prediction"),
+    )
+
+
 def record_deletion(
     session: Session, project: Project, ls_annotation_id: int
 ) -> AnnotationRevision | None:
@@ -308,13 +345,7 @@ def record_deletion(
 
     None when the annotation is unknown in this project or already deleted.
     """
-    last = session.scalars(
-        select(AnnotationRevision)
-        .join(Task)
-        .where(Task.project_id == project.id, AnnotationRevision.ls_annotation_id == ls_annotation_id)
-        .order_by(AnnotationRevision.id.desc())
-        .limit(1)
-    ).first()
+    last = last_revision(session, project, ls_annotation_id)
     if last is None or last.action == "deleted":
         return None
     return add_annotation_revision(session, last.task, ls_annotation_id, "deleted", None)
@@ -361,6 +392,12 @@ def revisions(
     if not include_deleted_tasks:
         query = query.where(Task.deleted_at.is_(None))
     return list(session.scalars(query.order_by(AnnotationRevision.id)))
+
+
+def live_tasks(session: Session, project: Project) -> list[Task]:
+    """The project's tasks not marked deleted, by Label Studio task id."""
+    query = select(Task).where(Task.project_id == project.id, Task.deleted_at.is_(None)).order_by(Task.ls_task_id)
+    return list(session.scalars(query))
 
 
 def current_annotations(session: Session, project: Project) -> list[AnnotationRevision]:

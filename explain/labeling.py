@@ -64,6 +64,18 @@ def image_data_key(config: str) -> str:
     return _image(config)[1].value.lstrip("$")
 
 
+def task_image_uri(data: dict, config: str | None) -> str:
+    """The image URI in a task's data: under the config's Image key, else its first string value."""
+    key = None
+    if config:
+        try:
+            key = image_data_key(config)
+        except ValueError:
+            key = None
+    uri = data.get(key) if key else next((v for v in data.values() if isinstance(v, str)), None)
+    return uri if isinstance(uri, str) else ""
+
+
 def plan_for(config: str, class_names, label_map: dict[str, str] | None = None) -> LabelingPlan:
     """Parse a Label Studio labelling config (XML) into a ``LabelingPlan`` for these model classes.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import cv2
+import skimage.draw
 
 from explain.rle import mask_to_rle, rle_to_mask
 
@@ -160,8 +160,9 @@ def region_mask(result: dict, width: int | None = None, height: int | None = Non
         corners = offsets @ rotation.T + [x, y]
     else:
         corners = np.asarray(value["points"], dtype=np.float64) / 100 * [width, height]
-    # Points are pixel corners; fillPoly fills pixel centres, which sit at +0.5 in that frame.
-    cv2.fillPoly(mask, [np.round((corners - 0.5) * 16).astype(np.int32)], 1, shift=4)
+    # Points are pixel corners; a pixel is inside when its centre (at +0.5 in that frame) is.
+    rows, cols = skimage.draw.polygon(corners[:, 1] - 0.5, corners[:, 0] - 0.5, shape=(height, width))
+    mask[rows, cols] = 1
     return mask.astype(bool)
 
 

@@ -5,7 +5,7 @@ batch) -> heatmaps resized to each ORIGINAL image -> regions (mask, polygon, box
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
 
 import cv2
@@ -90,6 +90,15 @@ class Prelabeler:
     def description(self) -> str:
         """The settings with the target layer actually used."""
         return self.settings.describe(self.cam.layer_name)
+
+    def version(self, weights_id: str) -> str:
+        """The model version Label Studio sees: the weights' id and every output-changing setting."""
+        return f"{weights_id}-{self.description}"
+
+    @property
+    def recorded_settings(self) -> dict:
+        """Every output-changing setting as JSON-able values, with the layer actually used."""
+        return {**asdict(self.settings), "layer": self.cam.layer_name}
 
     def __call__(self, images: Sequence[np.ndarray], rois: Sequence[np.ndarray | None] | None = None) -> list[Prelabel]:
         """Pre-labels for images (each (H, W, 3) float in [0, 1], any size).

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from labeler.workspace import DEFAULT_DATABASE, ApiKey, DatabaseUrl, LabelStudioUrl, ProjectId, Workspace
+
 app = typer.Typer(
     help="Grad-CAM pre-labelling assistant for Label Studio.",
     no_args_is_help=True,
@@ -49,34 +51,51 @@ def parse_threshold(text: str):
         raise ValueError(f"--threshold {text!r}: {exc}") from None
 
 
+def prelabel_settings(method, layer, target, threshold, min_area, max_vertices):
+    from explain.gradcam import Target
+    from explain.prelabel import PrelabelSettings
+    from explain.regions import RegionSettings
+
+    return PrelabelSettings(
+        method=method,
+        layer=layer,
+        target=Target.parse(target),
+        regions=RegionSettings(parse_threshold(threshold), min_area=min_area, max_vertices=max_vertices),
+    )
+
+
+Method = Annotated[str, typer.Option(help="gradcam, guided, gradcam++, hirescam or layercam.")]
+Layer = Annotated[Optional[str], typer.Option(help="Target layer (default: the spec's, else the last 4-D layer).")]
+TargetOption = Annotated[str, typer.Option("--target", help="'predicted', a class name, or 'above:P' for every class with probability >= P.")]
+ThresholdOption = Annotated[str, typer.Option("--threshold", help="fraction:F (of the max), percentile:P or otsu.")]
+MinArea = Annotated[float, typer.Option(help="Smallest region, as a fraction of the image area.")]
+MaxVertices = Annotated[int, typer.Option(help="Polygon vertex budget.")]
+DocumentRoot = Annotated[
+    Optional[Path],
+    typer.Option("--document-root", envvar="LOCAL_FILES_DOCUMENT_ROOT", help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT."),
+]
+
+
 @app.command()
 @one_line_errors
 def explain(
     images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files.")],
     model: Annotated[Path, typer.Option(help="Classifier (.keras, .h5 or SavedModel folder) with its spec beside it.")],
     out: Annotated[Path, typer.Option(help="Folder for the pictures, masks and Label Studio JSON.")],
-    method: Annotated[str, typer.Option(help="gradcam, guided, gradcam++, hirescam or layercam.")] = "gradcam",
-    layer: Annotated[Optional[str], typer.Option(help="Target layer (default: the spec's, else the last 4-D layer).")] = None,
-    target: Annotated[str, typer.Option(help="'predicted', a class name, or 'above:P' for every class with probability >= P.")] = "predicted",
-    threshold: Annotated[str, typer.Option(help="fraction:F (of the max), percentile:P or otsu.")] = "fraction:0.2",
-    min_area: Annotated[float, typer.Option(help="Smallest region, as a fraction of the image area.")] = 0.001,
-    max_vertices: Annotated[int, typer.Option(help="Polygon vertex budget.")] = 64,
+    method: Method = "gradcam",
+    layer: Layer = None,
+    target: TargetOption = "predicted",
+    threshold: ThresholdOption = "fraction:0.2",
+    min_area: MinArea = 0.001,
+    max_vertices: MaxVertices = 64,
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, magma, viridis, hot or bone.")] = "jet",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
 ):
     """Heatmaps, masks and Label Studio pre-labels for images: the reference article's picture."""
-    from explain.gradcam import Target
     from explain.overlay import COLORMAPS
-    from explain.prelabel import PrelabelSettings
-    from explain.regions import RegionSettings
     from labeler.explaining import explain_files
 
-    settings = PrelabelSettings(
-        method=method,
-        layer=layer,
-        target=Target.parse(target),
-        regions=RegionSettings(parse_threshold(threshold), min_area=min_area, max_vertices=max_vertices),
-    )
+    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices)
     if colormap not in COLORMAPS:
         raise ValueError(f"--colormap must be one of {sorted(COLORMAPS)}, got {colormap!r}")
     outcomes = explain_files(images, model, out, settings, colormap=colormap, batch_size=batch_size)
@@ -157,6 +176,185 @@ def demo_data(
 
     write_dataset(out, per_class, size, seed)
     console.print(f"wrote {2 * per_class} images to {out}")
+
+
+@app.command()
+@one_line_errors
+def init(
+    model: Annotated[Path, typer.Option(help="The classifier whose spec names the classes.")],
+    title: Annotated[str, typer.Option(help="Project title.")] = "Chest X-ray lesions",
+    backend_url: Annotated[Optional[str], typer.Option(help="The ML backend to connect, e.g. http://127.0.0.1:9090.")] = None,
+    region_label: Annotated[Optional[list[str]], typer.Option(help="Region label (repeat); default: every non-normal class.")] = None,
+    label_studio_url: LabelStudioUrl = None,
+    api_key: ApiKey = None,
+    project: ProjectId = None,
+):
+    """Create (or with --project update) a project whose labelling config comes from the model spec."""
+    from labeler.project import init_project
+
+    ws = Workspace(label_studio_url, api_key, project)
+    project_id = init_project(ws, model, title, backend_url, region_label or None)
+    console.print(f"project {project_id} ready" + (f", backend {backend_url} connected" if backend_url else ""))
+    console.print(f"LABEL_STUDIO_PROJECT={project_id}")
+
+
+@app.command("import")
+@one_line_errors
+def import_command(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, DICOM).")],
+    document_root: DocumentRoot = None,
+    label_studio_url: LabelStudioUrl = None,
+    api_key: ApiKey = None,
+    project: ProjectId = None,
+):
+    """Add images to the project as PNG under Label Studio's document root, skipping ones already there."""
+    from labeler.project import import_images
+
+    if document_root is None:
+        raise ValueError("--document-root (Label Studio's LOCAL_FILES_DOCUMENT_ROOT) is required")
+    report = import_images(Workspace(label_studio_url, api_key, project), paths, document_root)
+    for line in report.errors:
+        errors.print(f"error: {line}", markup=False, highlight=False)
+    console.print(f"imported {report.added}, skipped {report.skipped} already in the project, {len(report.errors)} unreadable")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def prelabel(
+    model: Annotated[Path, typer.Option(help="Classifier with its spec beside it.")],
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    method: Method = "gradcam",
+    layer: Layer = None,
+    target: TargetOption = "predicted",
+    threshold: ThresholdOption = "fraction:0.2",
+    min_area: MinArea = 0.001,
+    max_vertices: MaxVertices = 64,
+    document_root: DocumentRoot = None,
+    label_studio_url: LabelStudioUrl = None,
+    api_key: ApiKey = None,
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
+):
+    """Pre-label every task without a prediction of this model version (resumable) and report throughput."""
+    from labeler.prelabeling import prelabel_project
+
+    ws = Workspace(label_studio_url, api_key, project, database_url)
+    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices)
+    report = prelabel_project(ws, model, settings, batch_size, document_root)
+    for line in report.failed:
+        errors.print(f"error: {line}", markup=False, highlight=False)
+    console.print(
+        f"pre-labelled {report.predicted} task(s) in {report.seconds:.1f} s ({report.images_per_second:.2f} images/s), "
+        f"{report.skipped} already had {report.version}, {len(report.failed)} failed"
+    )
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def sync(
+    label_studio_url: LabelStudioUrl = None,
+    api_key: ApiKey = None,
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
+):
+    """Pull every annotation through Label Studio's export API into the database (idempotent)."""
+    from labeler.syncing import sync_project
+
+    report = sync_project(Workspace(label_studio_url, api_key, project, database_url))
+    console.print(
+        f"{report.tasks} task(s), {report.annotations} annotation(s): {report.added} new revision(s), "
+        f"{report.deleted_annotations} deleted annotation(s), {report.deleted_tasks} deleted task(s)"
+    )
+
+
+@app.command("export")
+@one_line_errors
+def export_command(
+    out: Annotated[Path, typer.Argument(help="Folder to write the export into (must be empty, or --overwrite).")],
+    format: Annotated[str, typer.Option("--format", help="png (images/ + masks/), coco (annotations.json + images/) or npz (data.npz).")] = "png",
+    size: Annotated[int, typer.Option(help="0 = original size; N = stretch images and masks to N x N.")] = 0,
+    annotators: Annotated[str, typer.Option(help="latest (most recently updated annotation) or majority (pixel-wise vote, ties on).")] = "latest",
+    seed: Annotated[int, typer.Option(help="Seed of the patient-level split.")] = 0,
+    split: Annotated[str, typer.Option(help="train,val,test fractions (patient-level).")] = "0.7,0.15,0.15",
+    predictions: Annotated[bool, typer.Option("--predictions", help="Also export the latest prediction's masks.")] = False,
+    document_root: Annotated[Optional[Path], typer.Option(help="Read /data/local-files/ images from this folder.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous export in OUT.")] = False,
+    label_studio_url: Annotated[Optional[str], typer.Option("--label-studio-url", envvar="LABEL_STUDIO_URL", help="Label Studio's address.")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help="Legacy token or personal access token.")] = None,
+    project: Annotated[Optional[int], typer.Option("--project", envvar="LABEL_STUDIO_PROJECT", help="Label Studio project id.")] = None,
+    database_url: Annotated[str, typer.Option("--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL of our database.")] = "sqlite:///data/labeler.db",
+):
+    """Export the project's final human annotations (from our database) as a segmentation data set."""
+    from rich.progress import Progress
+
+    from explain.fetch import FetchError, ImageFetcher
+    from labeler import exporting
+    from labeler.workspace import Workspace
+
+    settings = exporting.ExportSettings(
+        format=format, size=size, annotators=annotators, seed=seed, split=exporting.parse_split(split),
+        predictions=predictions,
+    )
+    ws = Workspace(label_studio_url, api_key, project, database_url)
+    project_id = ws.require_project()
+    tasks, known_labels = exporting.read_workspace_tasks(ws, predictions)
+    if not tasks:
+        raise ValueError(f"project {project_id} has no task with a current annotation in {database_url}")
+    exporting.prepare_out(out, overwrite)
+    connected = bool(label_studio_url and api_key)
+    fetcher = ImageFetcher(label_studio_url, ws.auth if connected else None, document_root=document_root)
+    task_data = exporting.label_studio_task_data(ws.client) if connected else (lambda _id: None)
+    if not connected:
+        console.print("Label Studio not set: every task is its own patient in the split")
+
+    def fetch(uri: str, task_id: int) -> bytes:
+        try:
+            return fetcher.fetch(uri, task_id)
+        except FetchError as exc:
+            if exc.kind == "config" and document_root is not None:
+                raise FetchError(exc.kind, f"image file not found under --document-root, and {exc}") from None
+            raise
+
+    def skipped(task_id: int, message: str) -> None:
+        errors.print(f"error: task {task_id}: {message}", markup=False, highlight=False)
+
+    with Progress(transient=True, console=errors) as progress:
+        bar = progress.add_task("exporting", total=len(tasks))
+        report = exporting.export_dataset(
+            tasks, known_labels, out, settings, fetch, task_data, skipped,
+            lambda: progress.advance(bar), project_id,
+        )
+    counts = ", ".join(f"{name} {n}" for name, n in report.splits.items())
+    console.print(f"wrote {len(report.exported)} task(s) to {out} ({counts}); labels: {', '.join(report.labels) or 'none'}")
+    if connected and report.own_patient:
+        console.print(f"{report.own_patient} task(s) have no patient_id / patient in their data: each is its own patient")
+    if report.skipped:
+        console.print(f"skipped {len(report.skipped)} task(s) whose image could not be read")
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def stats(
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the CSV files and report.html (default: out/stats/project-N).")] = None,
+    model_version: Annotated[Optional[str], typer.Option(help="Compare with this model version's pre-labels only (default: any).")] = None,
+):
+    """Pre-label vs final annotation and annotator agreement: Dice, IoU, HD95, kappas; CSV + HTML report."""
+    from labeler.stats import run, terminal_tables
+    from labeler.workspace import Workspace
+
+    project_id = Workspace(project_id=project).require_project()
+    out = out or Path("out") / "stats" / f"project-{project_id}"
+    result = run(database_url, project_id, out, model_version)
+    for table in terminal_tables(result):
+        console.print(table)
+    console.print(f"wrote {out / 'report.html'} and the CSV files beside it")
 
 
 def main():

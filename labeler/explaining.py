@@ -40,7 +40,7 @@ def explain_files(
     """
     loaded = load_classifier(model_path)
     prelabeler = Prelabeler(loaded.model, loaded.spec, settings, batch_size=batch_size)
-    version = f"{loaded.version}-{prelabeler.description}"
+    version = prelabeler.version(loaded.version)
     out.mkdir(parents=True, exist_ok=True)
     outcomes = []
     for start in range(0, len(paths), batch_size):

@@ -165,4 +165,4 @@ def test_a_rotated_box_turns_about_its_top_left_corner():
     value = {"x": 10, "y": 10, "width": 20, "height": 10, "rotation": 90, "rectanglelabels": ["a"]}
     mask = region_mask({"type": "rectanglelabels", "original_width": 100, "original_height": 100, "value": value})
     rows, cols = np.nonzero(mask)
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 30, 0, 10)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 29, 0, 9)  # 20 x 10 pixels

@@ -1,0 +1,585 @@
+"""``labeler export``: the project's final human annotations as a segmentation training set.
+
+Reads our database (filled by ``labeler sync`` / the backend's webhooks), never Label Studio's
+annotations: for every live task with at least one current annotation (last revision not
+deleted, not cancelled) it writes the image and one index mask, plus ``labels.json``,
+``manifest.csv``, ``splits.json`` and ``export.json`` (what was asked). Formats:
+
+- ``png``: ``images/<task>.png`` (8-bit gray when the three channels are equal, else RGB),
+  ``masks/<task>.png`` (8-bit index mask: 0 background, i the i-th label of ``labels.json``,
+  1-based); with predictions ``predictions/<task>.png`` in the same coding;
+- ``coco``: ``images/<task>.png`` and ``annotations.json`` (COCO instances: one annotation per
+  (image, label) with an uncompressed RLE segmentation, column-major counts starting with a run
+  of 0s, ``iscrowd`` 0); with predictions ``predictions.json`` (COCO results list);
+- ``npz``: ``data.npz`` with ``images`` (N, H, W, C) uint8 (C = 1 when every image is gray,
+  else 3), ``masks`` (N, H, W) uint8 index masks, ``label_masks`` (N, H, W, L) bool (labels may
+  overlap), ``task_ids`` (N,), ``splits`` (N,), ``labels`` (L,) (+ ``prediction_masks`` (N, H, W));
+  rows in manifest order. Needs one image size: ``--size N``, or images that all have one size.
+
+Where labels overlap, the index mask holds the later label of the sorted list.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from explain.images import load_image, to_uint8
+from explain.labelstudio import REGION_TYPES, result_choices, results_to_masks
+
+FORMATS = ("png", "coco", "npz")
+ANNOTATOR_MODES = ("latest", "majority")
+SPLIT_NAMES = ("train", "val", "test")
+PATIENT_KEYS = ("patient_id", "patient")
+MANIFEST_COLUMNS = (
+    "task_id", "image_file", "mask_file", "width", "height", "original_width", "original_height",
+    "choice", "annotators", "annotation_ids", "patient", "split", "prediction_file", "model_version",
+)
+MARKER = "export.json"
+_REGION_TAGS = {"BrushLabels", "PolygonLabels", "RectangleLabels"}
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What ``labeler export`` was asked for.
+
+    ``size`` 0 keeps each image's original size; N stretches every image and mask to N x N
+    (image: area / linear interpolation, masks: nearest, per label). ``annotators``: "latest"
+    (the most recently updated annotation) or "majority" (pixel-wise vote per label across
+    annotators, a tie counts as on). ``split`` holds the train / val / test fractions.
+    """
+
+    format: str = "png"
+    size: int = 0
+    annotators: str = "latest"
+    seed: int = 0
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    predictions: bool = False
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.annotators not in ANNOTATOR_MODES:
+            raise ValueError(f"--annotators must be one of {', '.join(ANNOTATOR_MODES)}, got {self.annotators!r}")
+        if self.size < 0:
+            raise ValueError(f"--size must be 0 (original size) or a positive number of pixels, got {self.size}")
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """``"0.7,0.15,0.15"`` -> (train, val, test); two values leave test empty. Must sum to 1."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--split must be fractions like 0.7,0.15,0.15, got {text!r}") from None
+    if not 1 <= len(values) <= 3 or any(not np.isfinite(v) or v < 0 for v in values):
+        raise ValueError(f"--split must be 1 to 3 non-negative fractions (train,val,test), got {text!r}")
+    if abs(sum(values) - 1) > 1e-6:
+        raise ValueError(f"--split fractions must add up to 1, got {text!r} (sum {sum(values):g})")
+    values += [0.0] * (3 - len(values))
+    return tuple(values)  # type: ignore[return-value]
+
+
+def split_of(patient: str, seed: int, fractions: tuple[float, float, float]) -> str:
+    """The split of a patient: sha256("<seed>:<patient>") as a number in [0, 1) against the
+    cumulative fractions. Depends on nothing else, so a patient keeps its split when later
+    exports add tasks or patients (no test patient drifts into train)."""
+    digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    for name, fraction in zip(SPLIT_NAMES, fractions):
+        edge += fraction
+        if u < edge:
+            return name
+    return next(n for n, f in zip(reversed(SPLIT_NAMES), reversed(fractions)) if f > 0)
+
+
+def patient_key(data: dict | None, ls_task_id: int) -> str:
+    """``patient_id`` or ``patient`` of the task data; else the task is its own patient."""
+    for key in PATIENT_KEYS:
+        value = (data or {}).get(key)
+        if value not in (None, ""):
+            return str(value)
+    return f"task-{ls_task_id}"
+
+
+def config_labels(label_config: str | None) -> set[str]:
+    """Label values of the BrushLabels / PolygonLabels / RectangleLabels tags of a labelling config."""
+    if not label_config:
+        return set()
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError:
+        return set()
+    return {
+        label.get("value")
+        for tag in root.iter()
+        if tag.tag in _REGION_TAGS
+        for label in tag.iter("Label")
+        if label.get("value")
+    }
+
+
+# --- reading the database ----------------------------------------------------------------------
+
+
+@dataclass
+class Annotation:
+    ls_annotation_id: int
+    completed_by: int | None
+    result: list[dict]
+    order: tuple  # sort key: most recently updated last
+
+
+@dataclass
+class TaskRecord:
+    ls_task_id: int
+    image_uri: str
+    width: int | None
+    height: int | None
+    annotations: list[Annotation]
+    prediction: list[dict] | None = None
+    model_version: str = ""
+
+
+def read_tasks(session, ls_project_id: int, predictions: bool = False) -> tuple[list[TaskRecord], set[str]]:
+    """Live tasks with at least one current, not cancelled annotation (by task id), and the
+    labels of the project's labelling config."""
+    from db.repository import current_annotations, get_project, latest_prediction
+
+    project = get_project(session, ls_project_id)
+    if project is None:
+        raise ValueError(f"project {ls_project_id} is not in the database: run `labeler sync` (or connect the backend) first")
+    tasks: dict[int, TaskRecord] = {}
+    for revision in current_annotations(session, project):
+        if revision.was_cancelled or revision.result is None:
+            continue
+        task = revision.task
+        record = tasks.setdefault(
+            task.ls_task_id, TaskRecord(task.ls_task_id, task.image_uri, task.width, task.height, [])
+        )
+        stamp = revision.ls_updated_at or revision.ls_created_at or revision.received_at
+        order = (stamp.timestamp() if stamp else 0.0, revision.id)
+        record.annotations.append(Annotation(revision.ls_annotation_id, revision.completed_by, revision.result, order))
+    if predictions:
+        for record in tasks.values():
+            prediction = latest_prediction(session, project, record.ls_task_id)
+            if prediction is not None:
+                record.prediction = list(prediction.results or [])
+                record.model_version = prediction.model_version.name
+    return [tasks[k] for k in sorted(tasks)], config_labels(project.label_config)
+
+
+# --- masks --------------------------------------------------------------------------------------
+
+
+def label_masks(results: list[dict], height: int, width: int, fallback: tuple[int | None, int | None]) -> dict[str, np.ndarray]:
+    """{label: (height, width) bool} of a result list: each region at its own original size
+    (``original_width/height``, else `fallback` (the task row's), else the image's), resized
+    (nearest) to the image where that differs."""
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for result in results or []:
+        if result.get("type") not in REGION_TYPES:
+            continue
+        w = int(result.get("original_width") or fallback[0] or width)
+        h = int(result.get("original_height") or fallback[1] or height)
+        groups.setdefault((w, h), []).append(result)
+    masks: dict[str, np.ndarray] = {}
+    for (w, h), group in groups.items():
+        for label, mask in results_to_masks(group, w, h).items():
+            if mask.shape != (height, width):
+                mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+            masks[label] = masks[label] | mask if label in masks else mask
+    return masks
+
+
+def combine(annotations: list[Annotation], mode: str, height: int, width: int, fallback) -> tuple[dict[str, np.ndarray], str, list[Annotation]]:
+    """(masks per label, class choice, annotations used) of a task's annotations.
+
+    latest: the most recently updated annotation alone. majority: each annotator's latest
+    annotation votes; a pixel is on for a label where at least half of them drew it; the choice
+    is the most frequent one (a tie goes to the most recent annotation's choice).
+    """
+    ordered = sorted(annotations, key=lambda a: a.order)
+    if mode == "latest":
+        used = [ordered[-1]]
+    else:
+        per_annotator: dict[Any, Annotation] = {}
+        for annotation in ordered:  # later ones replace earlier ones of the same annotator
+            key = annotation.completed_by if annotation.completed_by is not None else f"a{annotation.ls_annotation_id}"
+            per_annotator[key] = annotation
+        used = sorted(per_annotator.values(), key=lambda a: a.order)
+    all_masks = [label_masks(a.result, height, width, fallback) for a in used]
+    if len(used) == 1:
+        masks = all_masks[0]
+    else:
+        labels = sorted({label for m in all_masks for label in m})
+        masks = {}
+        for label in labels:
+            votes = sum(m[label].astype(np.int32) for m in all_masks if label in m)
+            masks[label] = 2 * votes >= len(used)
+    choices = [(result_choices(a.result) or [""])[0] for a in used]
+    counts = Counter(c for c in choices if c)
+    if not counts:
+        choice = ""
+    else:
+        best = max(counts.values())
+        choice = next(c for c in reversed(choices) if counts.get(c) == best)
+    return masks, choice, used
+
+
+def index_mask(masks: dict[str, np.ndarray], labels: list[str], height: int, width: int) -> np.ndarray:
+    """(H, W) uint8: 0 background, i + 1 for labels[i]; a later label wins where labels overlap."""
+    out = np.zeros((height, width), np.uint8)
+    for i, label in enumerate(labels):
+        if label in masks:
+            out[masks[label]] = i + 1
+    return out
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    if not size or image.shape[:2] == (size, size):
+        return image
+    shrink = size < max(image.shape[:2])
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_masks(masks: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    if not size:
+        return masks
+    return {
+        label: cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+        for label, m in masks.items()
+    }
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """COCO uncompressed RLE: column-major run lengths, the first one a run of 0s (maybe 0)."""
+    flat = np.asarray(mask, bool).flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    edges = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(edges).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"counts": [int(c) for c in counts], "size": [int(mask.shape[0]), int(mask.shape[1])]}
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """The (H, W) bool mask of a COCO uncompressed RLE."""
+    height, width = rle["size"]
+    values = np.zeros(len(rle["counts"]), bool)
+    values[1::2] = True
+    flat = np.repeat(values, rle["counts"])
+    if flat.size != height * width:
+        raise ValueError(f"RLE counts add up to {flat.size}, not {height} x {width}")
+    return flat.reshape((height, width), order="F")
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), array):
+        raise OSError(f"{path}: could not write")
+
+
+# --- the export -----------------------------------------------------------------------------
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    exported: list[int] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
+    own_patient: int = 0  # tasks without a patient key in their data: each is its own patient
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty OUT unless `overwrite`; then only a previous export (with its
+    export.json) is emptied, never an unrelated folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out}: folder is not empty; pass --overwrite to replace a previous export")
+        if not (out / MARKER).is_file():
+            raise ValueError(f"{out}: not empty and not a previous export (no {MARKER}); refusing to empty it")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def export_dataset(
+    tasks: list[TaskRecord],
+    known_labels: Iterable[str],
+    out: Path,
+    settings: ExportSettings,
+    fetch: Callable[[str, int], bytes],
+    task_data: Callable[[int], dict | None] = lambda _id: None,
+    on_skip: Callable[[int, str], None] = lambda _id, _msg: None,
+    advance: Callable[[], None] = lambda: None,
+    project_id: int | None = None,
+) -> ExportReport:
+    """Write the export of `tasks` into `out` (already prepared); see the module docstring.
+
+    `fetch(uri, task_id)` returns image bytes; `task_data(task_id)` the Label Studio task data
+    (for the patient key) or None. A task whose image cannot be fetched or decoded is reported
+    through `on_skip` and left out.
+    """
+    report = ExportReport(out)
+    items = []  # one dict per exported task, images and masks in memory only as long as needed
+    size = settings.size
+    images_dir = out / "images"
+    if settings.format in ("png", "coco"):
+        images_dir.mkdir(parents=True, exist_ok=True)
+    labels_seen: set[str] = set(known_labels)
+    for record in tasks:
+        try:
+            image = load_image(fetch(record.image_uri, record.ls_task_id), name="image")
+        except Exception as exc:  # FetchError, ImageError: reported, the export goes on
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            report.skipped.append((record.ls_task_id, message))
+            on_skip(record.ls_task_id, message)
+            advance()
+            continue
+        height, width = image.shape[:2]
+        fallback = (record.width, record.height)
+        masks, choice, used = combine(record.annotations, settings.annotators, height, width, fallback)
+        prediction = None
+        if settings.predictions and record.prediction is not None:
+            prediction = label_masks(record.prediction, height, width, fallback)
+            labels_seen |= set(prediction)
+        labels_seen |= set(masks)
+        pixels = to_uint8(resize_image(image, size))
+        gray = bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
+        pixels = pixels[..., 0] if gray else pixels
+        patient = patient_key(task_data(record.ls_task_id), record.ls_task_id)
+        item = {
+            "task_id": record.ls_task_id,
+            "original_width": width,
+            "original_height": height,
+            "width": pixels.shape[1],
+            "height": pixels.shape[0],
+            "choice": choice,
+            "annotators": ";".join("" if a.completed_by is None else str(a.completed_by) for a in used),
+            "annotation_ids": ";".join(str(a.ls_annotation_id) for a in used),
+            "patient": patient,
+            "split": split_of(patient, settings.seed, settings.split),
+            "model_version": record.model_version if prediction is not None else "",
+            "masks": resize_masks(masks, size),
+            "prediction": None if prediction is None else resize_masks(prediction, size),
+            "gray": gray,
+        }
+        if settings.format == "npz":
+            item["pixels"] = pixels
+        else:
+            item["image_file"] = f"images/{record.ls_task_id}.png"
+            _write_png(out / item["image_file"], pixels)
+        items.append(item)
+        report.exported.append(record.ls_task_id)
+        advance()
+
+    labels = sorted(labels_seen)
+    if len(labels) > 255:
+        raise ValueError(f"{len(labels)} labels do not fit an 8-bit index mask (at most 255)")
+    report.labels = labels
+    for item in items:
+        item["index"] = index_mask(item["masks"], labels, item["height"], item["width"])
+        if item["prediction"] is not None:
+            item["prediction_index"] = index_mask(item["prediction"], labels, item["height"], item["width"])
+
+    writers = {"png": _write_png_format, "coco": _write_coco, "npz": _write_npz}
+    writers[settings.format](out, items, labels, settings)
+    _write_common(out, items, labels, settings, report, project_id)
+    return report
+
+
+def _write_png_format(out: Path, items: list[dict], labels: list[str], settings: ExportSettings) -> None:
+    (out / "masks").mkdir(exist_ok=True)
+    for item in items:
+        item["mask_file"] = f"masks/{item['task_id']}.png"
+        _write_png(out / item["mask_file"], item["index"])
+        if "prediction_index" in item:
+            (out / "predictions").mkdir(exist_ok=True)
+            item["prediction_file"] = f"predictions/{item['task_id']}.png"
+            _write_png(out / item["prediction_file"], item["prediction_index"])
+
+
+def _coco_annotations(items: list[dict], labels: list[str], key: str, results: bool) -> list[dict]:
+    annotations = []
+    for item in items:
+        masks = item[key]
+        if masks is None:
+            continue
+        for i, label in enumerate(labels):
+            mask = masks.get(label)
+            if mask is None or not mask.any():
+                continue
+            entry = {
+                "image_id": item["task_id"],
+                "category_id": i + 1,
+                "segmentation": rle_encode(mask),
+                "area": int(mask.sum()),
+                "bbox": _bbox(mask),
+            }
+            if results:
+                entry["score"] = 1.0
+            else:
+                entry.update(id=len(annotations) + 1, iscrowd=0)
+            annotations.append(entry)
+    return annotations
+
+
+def _write_coco(out: Path, items: list[dict], labels: list[str], settings: ExportSettings) -> None:
+    for item in items:
+        item["mask_file"] = "annotations.json"
+    categories = [{"id": i + 1, "name": label, "supercategory": "region"} for i, label in enumerate(labels)]
+    images = [
+        {
+            "id": item["task_id"],
+            "file_name": item["image_file"],
+            "width": item["width"],
+            "height": item["height"],
+            "split": item["split"],
+            "choice": item["choice"],
+        }
+        for item in items
+    ]
+    coco = {
+        "info": {"description": "labeler export", "date_created": _now()},
+        "licenses": [],
+        "images": images,
+        "annotations": _coco_annotations(items, labels, "masks", results=False),
+        "categories": categories,
+    }
+    (out / "annotations.json").write_text(json.dumps(coco))
+    if settings.predictions:
+        for item in items:
+            if item["prediction"] is not None:
+                item["prediction_file"] = "predictions.json"
+        predictions = _coco_annotations(items, labels, "prediction", results=True)
+        (out / "predictions.json").write_text(json.dumps(predictions))
+
+
+def _write_npz(out: Path, items: list[dict], labels: list[str], settings: ExportSettings) -> None:
+    shapes = {item["pixels"].shape[:2] for item in items}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"--format npz stacks the images but they have {len(shapes)} sizes; pass --size N"
+        )
+    gray = all(item["gray"] for item in items)
+    h, w = shapes.pop() if shapes else (max(settings.size, 0), max(settings.size, 0))
+    images = np.zeros((len(items), h, w, 1 if gray else 3), np.uint8)
+    masks = np.zeros((len(items), h, w), np.uint8)
+    per_label = np.zeros((len(items), h, w, len(labels)), bool)
+    predictions = np.zeros((len(items), h, w), np.uint8)
+    for n, item in enumerate(items):
+        pixels = item["pixels"]
+        if gray:
+            images[n, ..., 0] = pixels
+        else:
+            images[n] = pixels if pixels.ndim == 3 else pixels[..., None]
+        masks[n] = item["index"]
+        for i, label in enumerate(labels):
+            if label in item["masks"]:
+                per_label[n, ..., i] = item["masks"][label]
+        if "prediction_index" in item:
+            predictions[n] = item["prediction_index"]
+        item["image_file"] = item["mask_file"] = "data.npz"
+        if item["prediction"] is not None:
+            item["prediction_file"] = "data.npz"
+    arrays = {
+        "images": images,
+        "masks": masks,
+        "label_masks": per_label,
+        "task_ids": np.array([item["task_id"] for item in items], np.int64),
+        "splits": np.array([item["split"] for item in items], dtype="<U5"),
+        "labels": np.array(labels, dtype=str) if labels else np.zeros(0, "<U1"),
+    }
+    if settings.predictions:
+        arrays["prediction_masks"] = predictions
+    np.savez_compressed(out / "data.npz", **arrays)
+
+
+def _write_common(out: Path, items, labels, settings: ExportSettings, report: ExportReport, project_id) -> None:
+    (out / "labels.json").write_text(json.dumps({"background": 0, "labels": labels}, indent=1) + "\n")
+    with open(out / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, MANIFEST_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for item in items:
+            writer.writerow({column: item.get(column, "") for column in MANIFEST_COLUMNS})
+    splits: dict[str, Any] = {
+        "seed": settings.seed,
+        "fractions": dict(zip(SPLIT_NAMES, settings.split)),
+        "method": "sha256('<seed>:<patient>') -> [0, 1) against the cumulative fractions",
+    }
+    for name in SPLIT_NAMES:
+        members = [item for item in items if item["split"] == name]
+        splits[name] = [item["task_id"] for item in members]
+        report.splits[name] = len(members)
+    report.own_patient = sum(1 for item in items if item["patient"] == f"task-{item['task_id']}")
+    splits["patients"] = {name: len({i["patient"] for i in items if i["split"] == name}) for name in SPLIT_NAMES}
+    (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
+    marker = {
+        "project": project_id,
+        "format": settings.format,
+        "size": settings.size,
+        "annotators": settings.annotators,
+        "seed": settings.seed,
+        "split": list(settings.split),
+        "predictions": settings.predictions,
+        "tasks": len(items),
+        "skipped": [task_id for task_id, _ in report.skipped],
+        "created_at": _now(),
+    }
+    (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- from the workspace -------------------------------------------------------------------------
+
+
+def label_studio_task_data(client) -> Callable[[int], dict | None]:
+    """task id -> the Label Studio task's data (None when it cannot be read)."""
+
+    unreachable = False
+
+    def get(task_id: int) -> dict | None:
+        nonlocal unreachable
+        if unreachable:
+            return None
+        try:
+            data = client.tasks.get(id=str(task_id)).data
+        except Exception as exc:  # the task is its own patient
+            if getattr(exc, "status_code", None) != 404:
+                unreachable = True  # do not wait for a dead server once per task
+            return None
+        return data if isinstance(data, dict) else None
+
+    return get
+
+
+def read_workspace_tasks(ws, predictions: bool) -> tuple[list[TaskRecord], set[str]]:
+    """`read_tasks` in one DEFERRED (non-blocking) read transaction of the workspace's database."""
+    with ws.sessions() as session:
+        session.connection(execution_options={"sqlite_begin": "DEFERRED"})
+        return read_tasks(session, ws.require_project(), predictions)

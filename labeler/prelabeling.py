@@ -1,0 +1,88 @@
+"""``labeler prelabel``: pre-label a whole project in batches, without Label Studio's synchronous
+"retrieve predictions" action: the pipeline runs here and predictions are posted through the SDK.
+
+Resumable: tasks that already have a prediction of the current model version are skipped, and
+each task's prediction is posted as soon as its batch is done, so a rerun after an interruption
+continues where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import Progress
+
+from db import repository
+from explain.fetch import FetchError, ImageFetcher
+from explain.images import ImageError, load_image
+from explain.labeling import plan_for
+from explain.labelstudio import prelabel_results
+from explain.prelabel import Prelabeler, PrelabelSettings
+from labeler.workspace import Workspace
+from models.loading import load_classifier
+
+
+@dataclass(frozen=True)
+class PrelabelReport:
+    predicted: int
+    skipped: int
+    failed: list[str]
+    seconds: float
+    version: str
+
+    @property
+    def images_per_second(self) -> float:
+        return self.predicted / self.seconds if self.seconds else 0.0
+
+
+def prelabel_project(
+    ws: Workspace,
+    model_path: Path,
+    settings: PrelabelSettings,
+    batch_size: int = 16,
+    document_root: Path | None = None,
+    label_map: dict[str, str] | None = None,
+) -> PrelabelReport:
+    """Pre-label every task of ``ws``'s project that lacks a prediction of this model version."""
+    project_id = ws.require_project()
+    loaded = load_classifier(model_path)
+    prelabeler = Prelabeler(loaded.model, loaded.spec, settings, batch_size)
+    version = prelabeler.version(loaded.version)
+    project = ws.client.projects.get(id=project_id)
+    plan = plan_for(project.label_config, loaded.spec.class_names, label_map)
+    done = {p.task for p in ws.client.predictions.list(project=project_id) if p.model_version == version}
+    tasks = [t for t in ws.client.tasks.list(project=project_id, fields="all") if t.id not in done]
+    fetcher = ImageFetcher(ws.label_studio_url, ws.auth, document_root)
+    predicted, failed = 0, []
+    start = time.perf_counter()
+    with Progress() as progress:
+        bar = progress.add_task("pre-labelling", total=len(tasks))
+        for first in range(0, len(tasks), batch_size):
+            batch = tasks[first : first + batch_size]
+            images, ok, failures = [], [], []
+            for task in batch:
+                uri = task.data.get(plan.data_key)
+                try:
+                    data = fetcher.fetch(uri, task.id)
+                    images.append(load_image(data, name=f"task {task.id}"))
+                    ok.append((task, uri, hashlib.sha256(data).hexdigest()))
+                except (FetchError, ImageError) as exc:
+                    kind = exc.kind if isinstance(exc, FetchError) else "image_decode"
+                    message = str(exc) if isinstance(exc, ImageError) else f"task {task.id}: {exc}"
+                    failures.append((task.id, kind, message))
+                    failed.append(message)
+            records = []
+            for (task, uri, digest), prelabel in zip(ok, prelabeler(images)):
+                results = [r for controls in plan.controls for r in prelabel_results(prelabel, controls)]
+                score = prelabel.probabilities[prelabel.predicted]
+                ws.client.predictions.create(task=task.id, result=results, score=score, model_version=version)
+                records.append(repository.PredictionRecord.of(prelabel, task.id, uri, digest, results, score))
+            with ws.sessions.begin() as session:
+                repository.store_predictions(
+                    session, project_id, version, loaded.version, prelabeler.recorded_settings, records, failures
+                )
+            predicted += len(records)
+            progress.advance(bar, len(batch))
+    return PrelabelReport(predicted, len(done), failed, time.perf_counter() - start, version)
