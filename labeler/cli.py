@@ -281,19 +281,18 @@ def export_command(
     seed: Annotated[int, typer.Option(help="Seed of the patient-level split.")] = 0,
     split: Annotated[str, typer.Option(help="train,val,test fractions (patient-level).")] = "0.7,0.15,0.15",
     predictions: Annotated[bool, typer.Option("--predictions", help="Also export the latest prediction's masks.")] = False,
-    document_root: Annotated[Optional[Path], typer.Option(help="Read /data/local-files/ images from this folder.")] = None,
+    document_root: DocumentRoot = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous export in OUT.")] = False,
-    label_studio_url: Annotated[Optional[str], typer.Option("--label-studio-url", envvar="LABEL_STUDIO_URL", help="Label Studio's address.")] = None,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help="Legacy token or personal access token.")] = None,
-    project: Annotated[Optional[int], typer.Option("--project", envvar="LABEL_STUDIO_PROJECT", help="Label Studio project id.")] = None,
-    database_url: Annotated[str, typer.Option("--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL of our database.")] = "sqlite:///data/labeler.db",
+    label_studio_url: LabelStudioUrl = None,
+    api_key: ApiKey = None,
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
 ):
     """Export the project's final human annotations (from our database) as a segmentation data set."""
     from rich.progress import Progress
 
     from explain.fetch import FetchError, ImageFetcher
     from labeler import exporting
-    from labeler.workspace import Workspace
 
     settings = exporting.ExportSettings(
         format=format, size=size, annotators=annotators, seed=seed, split=exporting.parse_split(split),
@@ -347,7 +346,6 @@ def stats(
 ):
     """Pre-label vs final annotation and annotator agreement: Dice, IoU, HD95, kappas; CSV + HTML report."""
     from labeler.stats import run, terminal_tables
-    from labeler.workspace import Workspace
 
     project_id = Workspace(project_id=project).require_project()
     out = out or Path("out") / "stats" / f"project-{project_id}"
