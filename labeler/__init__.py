@@ -1,1 +1,2 @@
-"""The `labeler` command line: training, explaining, and (later) Label Studio project tooling."""
+"""The `labeler` command line: training, explaining, and Label Studio project tooling
+(init, import, prelabel, sync, export, stats)."""
