@@ -26,6 +26,8 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/engine.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/backend.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/prelabel.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out

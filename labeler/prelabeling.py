@@ -3,12 +3,14 @@
 
 Resumable: tasks that already have a prediction of the current model version are skipped, and
 each batch's predictions are posted (in one request) as soon as the batch is done, so a rerun
-after an interruption continues where it stopped.
+after an interruption continues where it stopped. Reading the next batch and posting the last
+one overlap with the model's work.
 """
 from __future__ import annotations
 
 import hashlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,36 +57,54 @@ def prelabel_project(
     done = {p.task for p in ws.client.predictions.list(project=project_id) if p.model_version == version}
     tasks = [t for t in ws.client.tasks.list(project=project_id, fields="all") if t.id not in done]
     fetcher = ImageFetcher(ws.label_studio_url, ws.auth, document_root)
+
+    def read(batch):
+        """Images of a batch, and (task, uri, content hash) of each; failures as (task, kind, message)."""
+        images, ok, failures = [], [], []
+        for task in batch:
+            uri = task.data.get(plan.data_key)
+            try:
+                data = fetcher.fetch(uri, task.id)
+                images.append(load_image(data, name=f"task {task.id}"))
+                ok.append((task, uri, hashlib.sha256(data).hexdigest()))
+            except FetchError as exc:
+                failures.append((task.id, exc.kind, f"task {task.id}: {exc}"))
+            except ImageError as exc:
+                failures.append((task.id, "image_decode", str(exc)))
+        return images, ok, failures
+
+    def save(posts, records, failures):
+        if posts:  # one request per batch: a request per task costs more than the model
+            ws.client.projects.import_predictions(id=project_id, request=posts)
+        with ws.sessions.begin() as session:
+            repository.store_predictions(
+                session, project_id, version, loaded.version, prelabeler.recorded_settings, records, failures
+            )
+
+    batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
     predicted, failed = 0, []
     start = time.perf_counter()
-    with Progress() as progress:
+    # The model runs here while a worker reads the next batch and posts / stores the previous one.
+    with Progress() as progress, ThreadPoolExecutor(max_workers=2) as pool:
         bar = progress.add_task("pre-labelling", total=len(tasks))
-        for first in range(0, len(tasks), batch_size):
-            batch = tasks[first : first + batch_size]
-            images, ok, failures = [], [], []
-            for task in batch:
-                uri = task.data.get(plan.data_key)
-                try:
-                    data = fetcher.fetch(uri, task.id)
-                    images.append(load_image(data, name=f"task {task.id}"))
-                    ok.append((task, uri, hashlib.sha256(data).hexdigest()))
-                except (FetchError, ImageError) as exc:
-                    kind = exc.kind if isinstance(exc, FetchError) else "image_decode"
-                    message = str(exc) if isinstance(exc, ImageError) else f"task {task.id}: {exc}"
-                    failures.append((task.id, kind, message))
-                    failed.append(message)
-            records, posts = [], []
+        reading = pool.submit(read, batches[0]) if batches else None
+        saving = None
+        for n, batch in enumerate(batches):
+            images, ok, failures = reading.result()
+            if n + 1 < len(batches):
+                reading = pool.submit(read, batches[n + 1])
+            posts, records = [], []
             for (task, uri, digest), prelabel in zip(ok, prelabeler(images)):
                 results = [r for controls in plan.controls for r in prelabel_results(prelabel, controls)]
                 score = prelabel.probabilities[prelabel.predicted]
                 posts.append({"task": task.id, "result": results, "score": score, "model_version": version})
                 records.append(repository.PredictionRecord.of(prelabel, task.id, uri, digest, results, score))
-            if posts:  # one request per batch: a per-task request costs more than the model
-                ws.client.projects.import_predictions(id=project_id, request=posts)
-            with ws.sessions.begin() as session:
-                repository.store_predictions(
-                    session, project_id, version, loaded.version, prelabeler.recorded_settings, records, failures
-                )
+            if saving is not None:
+                saving.result()
+            saving = pool.submit(save, posts, records, failures)
             predicted += len(records)
+            failed += [message for _, _, message in failures]
             progress.advance(bar, len(batch))
+        if saving is not None:
+            saving.result()
     return PrelabelReport(predicted, len(done), failed, time.perf_counter() - start, version)
