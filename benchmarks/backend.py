@@ -53,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from results import hardware, load_average, write_section  # benchmarks/results.py
+
 ROOT = Path(__file__).resolve().parent.parent
 XRAYS = ROOT.parent / "shared" / "data" / "cxr" / "images"
 START, END = "<!-- backend:start -->", "<!-- backend:end -->"
@@ -384,19 +386,10 @@ def image_size(path: Path) -> tuple[int, int]:
 # ---------------------------------------------------------------- report
 
 
-def load_average() -> str:
-    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
-
-
 def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    ram_kib = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1))
     packages = ("tensorflow", "keras", "flask", "gunicorn", "sqlalchemy", "requests")
     return {
-        "cpu": found.group(1).strip() if found else platform.processor() or "unknown",
-        "cores": len(os.sched_getaffinity(0)),
-        "ram_gib": ram_kib / 1024**2,
+        **hardware(),
         "versions": {"Python": platform.python_version(), **{p: version(p) for p in packages}},
     }
 
@@ -552,12 +545,7 @@ def report(results: dict, cfg: dict, quick: bool) -> str:
 
 def write(path: Path, section: str) -> None:
     """Replace the marked section of ``path``, or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        path.write_text(head + section.rstrip("\n") + rest.split(END, 1)[1])
-    else:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
+    write_section(path, START, END, section)
 
 
 def parse(argv=None) -> argparse.Namespace:

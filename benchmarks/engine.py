@@ -43,6 +43,8 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import numpy as np
 
+from results import hardware, load_average, write_section  # benchmarks/results.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -356,19 +358,9 @@ def run_all(cfg: dict) -> dict:
     return results
 
 
-def load_average() -> str:
-    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
-
-
 def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    meminfo = Path("/proc/meminfo").read_text()
-    ram_kib = int(re.search(r"^MemTotal:\s+(\d+)", meminfo, re.M).group(1))
     return {
-        "cpu": found.group(1).strip() if found else platform.processor() or "unknown",
-        "cores": len(os.sched_getaffinity(0)),
-        "ram_gib": ram_kib / 1024**2,
+        **hardware(),
         "python": platform.python_version(),
         "tensorflow": version("tensorflow"),
         "keras": version("keras"),
@@ -539,15 +531,7 @@ def report(results: dict, cfg: dict, quick: bool) -> str:
 
 def write(path: Path, section: str) -> None:
     """Replace the marked section of ``path``, or add it (with a header when the file is new)."""
-    if not path.exists():
-        path.write_text(f"{HEADER}\n{section}")
-        return
-    text = path.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        path.write_text(head + section.rstrip("\n") + rest.split(END, 1)[1])
-    else:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
+    write_section(path, START, END, section, HEADER)
 
 
 def parse(argv=None) -> argparse.Namespace:

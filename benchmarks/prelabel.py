@@ -41,7 +41,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -54,6 +53,8 @@ from statistics import mean, median
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+from results import hardware, load_average, write_section  # benchmarks/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -353,19 +354,9 @@ def image_sizes(files: list[Path]) -> tuple[tuple[int, int], tuple[int, int]]:
 # ---------------------------------------------------------------- machine and report
 
 
-def load_average() -> str:
-    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
-
-
 def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    meminfo = Path("/proc/meminfo").read_text()
-    ram_kib = int(re.search(r"^MemTotal:\s+(\d+)", meminfo, re.M).group(1))
     return {
-        "cpu": found.group(1).strip() if found else platform.processor() or "unknown",
-        "cores": len(os.sched_getaffinity(0)),
-        "ram_gib": ram_kib / 1024**2,
+        **hardware(),
         "versions": {
             "Python": platform.python_version(),
             "TensorFlow": version("tensorflow"),
@@ -515,11 +506,8 @@ def report(results: dict, quick: bool, tasks: int) -> str:
 
 
 def write(path: Path, section: str) -> None:
-    """Replace the section between the markers in ``path`` (append it when absent)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    """Replace the marked section of ``path``, or append it."""
+    write_section(path, START, END, section)
 
 
 def parse(argv=None) -> argparse.Namespace:
