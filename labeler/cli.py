@@ -27,15 +27,25 @@ errors = Console(stderr=True, soft_wrap=True)
 
 
 def one_line_errors(command):
-    """Expected failures (bad input, missing files) end with one 'error:' line and exit code 2."""
+    """Expected failures (bad input, missing files, Label Studio unreachable or refusing) end with
+    one 'error:' line and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        import httpx
+        from label_studio_sdk.core.api_error import ApiError
+
         try:
             return command(*args, **kwargs)
         except (ValueError, FileNotFoundError, OSError) as exc:
-            errors.print(f"error: {exc}", markup=False, highlight=False)
-            raise typer.Exit(2) from None
+            message = str(exc)
+        except ApiError as exc:
+            detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
+            message = f"Label Studio answered HTTP {exc.status_code}" + (f": {detail}" if detail else "")
+        except httpx.HTTPError as exc:
+            message = f"cannot reach Label Studio: {type(exc).__name__}"
+        errors.print(f"error: {message}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
 
     return wrapper
 
