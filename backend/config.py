@@ -44,6 +44,7 @@ class Settings:
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     warmup: bool = True
+    mixed_precision: bool = False
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Settings":
@@ -70,8 +71,18 @@ class Settings:
             fetch_timeout=_number(env, "FETCH_TIMEOUT", cls.fetch_timeout, float),
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
-            warmup=env.get("WARMUP", "1") not in ("0", "false", "no"),
+            warmup=_flag(env, "WARMUP", True),
+            mixed_precision=_flag(env, "MIXED_PRECISION", False),
         )
+
+
+def _flag(env, name, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(f"{name} must be 1/true/yes or 0/false/no, got {env[name]!r}")
+    return value in ("1", "true", "yes")
 
 
 def _number(env, name, default, kind):

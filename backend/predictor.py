@@ -11,7 +11,7 @@ from backend.config import Settings
 from explain.gradcam import Target
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.regions import RegionSettings, Threshold
-from models.loading import LoadedModel, load_classifier
+from models.loading import LoadedModel, load_classifier, with_mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +37,16 @@ class Pipeline:
 
     loaded: LoadedModel
     prelabeler: Prelabeler
+    mixed_precision: bool = False
 
     @property
     def version(self) -> str:
-        return self.prelabeler.version(self.loaded.version)
+        return self.prelabeler.version(self.loaded.version) + ("-fp16" if self.mixed_precision else "")
 
     @property
     def settings(self) -> dict:
         """Every output-changing setting, as JSON-able values (stored with the model version)."""
-        return self.prelabeler.recorded_settings
+        return {**self.prelabeler.recorded_settings, "mixed_precision": self.mixed_precision}
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -86,12 +87,14 @@ class Predictor:
         for gpu in devices:
             tf.config.experimental.set_memory_growth(gpu, True)
         loaded = load_classifier(self.settings.model_path)
-        prelabeler = Prelabeler(loaded.model, loaded.spec, prelabel_settings(self.settings), self.settings.batch_size)
+        model = with_mixed_precision(loaded.model) if self.settings.mixed_precision else loaded.model
+        prelabeler = Prelabeler(model, loaded.spec, prelabel_settings(self.settings), self.settings.batch_size)
         height, width = loaded.spec.input_size
         prelabeler([np.zeros((height, width, 3), np.float32)])  # trace the compiled graph now, not on a task
-        pipeline = Pipeline(loaded, prelabeler)
+        pipeline = Pipeline(loaded, prelabeler, self.settings.mixed_precision)
         device = f"GPU ({len(devices)})" if devices else "CPU"
-        log.info("model %s loaded on %s: %s", loaded.path.name, device, pipeline.version)
+        precision = "mixed float16" if self.settings.mixed_precision else "float32"
+        log.info("model %s loaded on %s (%s): %s", loaded.path.name, device, precision, pipeline.version)
         return pipeline
 
     def warm_up_in_background(self):

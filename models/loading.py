@@ -82,3 +82,20 @@ def _load_saved_model(folder: Path) -> keras.Model:
         h5 = Path(tmp) / "model.h5"
         legacy.save(h5)
         return keras.models.load_model(h5, compile=False)
+
+
+def with_mixed_precision(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` computing in float16 with float32 weights (Keras "mixed_float16"), for
+    GPUs with tensor cores; the output layer stays float32 so probabilities keep their precision.
+    Nested models are converted too; the weights are copied, the original is left alone."""
+    output_layer = model.layers[-1]
+
+    def convert(layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=convert)
+        dtype = "float32" if layer is output_layer else "mixed_float16"
+        return layer.__class__.from_config({**layer.get_config(), "dtype": dtype})
+
+    mixed = keras.models.clone_model(model, clone_function=convert)
+    mixed.set_weights(model.get_weights())
+    return mixed

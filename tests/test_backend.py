@@ -264,3 +264,15 @@ def test_bad_settings_stop_the_server_with_one_line(tmp_path):
         done = subprocess.run(command, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2
         assert done.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in done.stderr
+
+
+def test_mixed_precision_is_a_setting_and_part_of_the_version(tmp_path, model_path, documents):
+    settings = make_settings(tmp_path, model_path, documents, mixed_precision=True)
+    client = create_app(settings).test_client()
+    version = client.post("/setup", json={"project": "7", "schema": CONFIG}).json["model_version"]
+    assert version.endswith("-fp16")
+    answer = client.post("/predict", json=predict_body(task(1, "img0.png")))
+    assert answer.status_code == 200 and answer.json["results"][0]["model_version"] == version
+    assert Settings.from_env({"MODEL_PATH": "m.keras", "MIXED_PRECISION": "yes"}).mixed_precision
+    with pytest.raises(ValueError, match="MIXED_PRECISION must be"):
+        Settings.from_env({"MODEL_PATH": "m.keras", "MIXED_PRECISION": "maybe"})

@@ -422,3 +422,27 @@ def test_train_classifier_rejects_bad_inputs(tiny_set):
     model, spec = build_small_cnn(class_names=CLASSES, input_size=(48, 48), filters=(4,))
     with pytest.raises(ValueError, match="one label per image"):
         train_classifier(model, spec, images, labels[:-1], epochs=1, verbose=0)
+
+
+def test_mixed_precision_copy_computes_in_float16_and_keeps_the_output_float32():
+    import keras
+    import numpy as np
+
+    from explain.gradcam import GradCam
+    from models.classifiers import build_small_cnn
+    from models.loading import with_mixed_precision
+
+    model, _ = build_small_cnn(input_size=(32, 32), filters=(4, 8))
+    mixed = with_mixed_precision(model)
+    assert mixed.get_layer("conv1").dtype_policy.name == "mixed_float16"
+    assert mixed.layers[-1].dtype_policy.name == "float32"
+    assert model.get_layer("conv1").dtype_policy.name == "float32"
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(mixed.predict(x, verbose=0), model.predict(x, verbose=0), atol=5e-3)
+    np.testing.assert_allclose(GradCam(mixed).compute(x)[2], GradCam(model).compute(x)[2], atol=2e-2)
+    backbone = keras.Model(model.input, model.get_layer("features").output)
+    inputs = keras.Input((32, 32, 3))
+    head = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    nested = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(head))
+    converted = with_mixed_precision(nested)
+    assert converted.layers[1].get_layer("conv1").dtype_policy.name == "mixed_float16"
