@@ -16,10 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/labeler demo-data $(DEMO)/data --per-class 100 --size 128
-	$(BIN)/labeler train-classifier $(DEMO)/data/images --out $(DEMO)/model.keras --arch small-cnn --size 128 --epochs 20
-	$(BIN)/labeler explain $(DEMO)/data/images/opacity/opacity000[0-5].png --model $(DEMO)/model.keras --out $(DEMO)/explain
-	@echo "pictures, masks and Label Studio JSON in $(DEMO)/explain"
+	$(BIN)/labeler demo --out $(DEMO)
 
 test: setup
 	$(BIN)/pytest -q

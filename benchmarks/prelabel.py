@@ -1,7 +1,7 @@
 """End-to-end speed of ``labeler prelabel`` (``labeler.prelabeling.prelabel_project``) against a real
 Label Studio, next to the model's forward-only speed on the same machine in the same run.
 
-What runs, in one process (Label Studio in its own subprocess, from ``tests/labelstudio.py``):
+What runs, in one process (Label Studio in its own subprocess, from ``labeler/studio.py``):
 
 1. a real Label Studio 1.23 on a free loopback port (cached venv ``.cache/label-studio-venv``,
    fresh data folder, stopped at the end even on errors);
@@ -58,7 +58,6 @@ from results import hardware, load_average, write_section  # benchmarks/results.
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 XRAYS = ROOT.parent / "shared" / "data" / "cxr" / "images"
 START, END = "<!-- prelabel:start -->", "<!-- prelabel:end -->"
@@ -322,7 +321,7 @@ def run_batch(server, model_path: Path, files: list[Path], batch: int, database_
 
 
 def run_all(tasks: int, batches: tuple[int, ...]) -> dict:
-    from labelstudio import LABEL_STUDIO_VERSION, LabelStudioServer
+    from labeler.studio import LABEL_STUDIO_VERSION, LabelStudioServer
 
     work = Path(tempfile.mkdtemp(prefix="prelabel-bench-"))
     results: dict = {"runs": [], "label_studio": LABEL_STUDIO_VERSION}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -363,6 +364,41 @@ def stats(
     for table in terminal_tables(result):
         console.print(table)
     console.print(f"wrote {out / 'report.html'} and the CSV files beside it")
+
+
+@app.command()
+@one_line_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes (reused by a rerun).")] = Path("out/demo"),
+    port: Annotated[int, typer.Option(help="Label Studio's port on 127.0.0.1 (0 = any free one).")] = 8080,
+    wait: Annotated[bool, typer.Option(help="Keep running until Ctrl-C (--no-wait: set up, print, stop).")] = True,
+):
+    """Label Studio with a demo project pre-labelled by the backend, on 127.0.0.1; Ctrl-C stops it."""
+    import signal as signals
+
+    from labeler.demo import start_demo
+
+    started = time.monotonic()
+    running = start_demo(out, port or None, log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    studio = running.studio
+    console.print(
+        f"ready in {time.monotonic() - started:.0f} s\n"
+        f"  Label Studio  {studio.url}/projects/{running.project_id}/data\n"
+        f"  login         {studio.username} / {studio.password}\n"
+        f"  API token     {studio.token}\n"
+        f"  ML backend    {running.backend_url}  (metrics: {running.backend_url}/metrics)\n"
+        "Open a task: the brush masks and polygons are the backend's Grad-CAM pre-labels. Correct one,\n"
+        f"submit, and find the revision in {out / 'labeler.db'} (`labeler stats --project {running.project_id} "
+        f"--database-url sqlite:///{out / 'labeler.db'}`). Ctrl-C stops everything.",
+        soft_wrap=True,
+    )
+    try:
+        if wait:
+            signals.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
 
 
 def main():

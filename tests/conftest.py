@@ -6,7 +6,6 @@ need it skip with a clear reason on a clone without it; in CI it is always prese
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,6 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "tests") not in sys.path:  # tests/labelstudio.py is imported by name
-    sys.path.insert(0, str(REPO / "tests"))
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -29,14 +26,14 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# --- Label Studio end-to-end server (tests/labelstudio.py) -----------------------------------
+# --- Label Studio end-to-end server (labeler/studio.py) -----------------------------------
 # A real label-studio 1.23 in its own cached venv (.cache/label-studio-venv), started once per
 # session on a free 127.0.0.1 port with a fresh data dir, admin user and legacy token. An
 # install or start failure is raised, so every test using the fixture ERRORS (it never skips).
 @pytest.fixture(scope="session")
 def label_studio():
     """A running `labelstudio.LabelStudioServer`: .url, .token, .username, .password, .document_root."""
-    from labelstudio import LabelStudioServer
+    from labeler.studio import LabelStudioServer
 
     server = LabelStudioServer()
     server.start()  # raises LabelStudioError with the log's tail
@@ -63,3 +60,42 @@ def ls(label_studio):
     from label_studio_sdk import LabelStudio
 
     return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+
+
+# --- PostgreSQL test server (tests/postgres.py) ----------------------------------------------
+# A throwaway cluster started once per session on a free 127.0.0.1 port (initdb into a temp
+# folder, trust auth, durability off) and deleted at the end. Without the binaries the tests
+# that need it skip locally; under CI=true they FAIL (.ci/run installs PostgreSQL). A start
+# failure is raised, so those tests error, never skip.
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A running `postgres.PostgresServer`: .url, .url_for(name), .create_database(), .drop_database(name)."""
+    from postgres import PostgresServer, find_bin_dir
+
+    if find_bin_dir() is None:
+        message = "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); .ci/run installs it"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer()
+    server.start()  # raises PostgresError with the server log's tail
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """SQLAlchemy URL (``postgresql+psycopg://labeler@127.0.0.1:PORT/labeler``) of the session's database."""
+    return postgres_server.url
+
+
+@pytest.fixture
+def postgres_database(postgres_server):
+    """URL of a fresh, empty database of its own for one test; dropped afterwards."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url_for(name)
+    finally:
+        postgres_server.drop_database(name)

@@ -1,6 +1,6 @@
 """The ML backend against a real Label Studio 1.23 server, with real chest X-rays.
 
-Label Studio (tests/labelstudio.py) and the backend (``labeler-backend``, gunicorn) run as real
+Label Studio (labeler/studio.py) and the backend (``labeler-backend``, gunicorn) run as real
 processes on loopback; images are imported both as uploads (which the backend downloads from
 Label Studio with the token /setup gave it) and through local-files storage (which it reads
 from the shared document root).
@@ -28,7 +28,7 @@ from db.engine import make_engine, session_factory
 from db.schema import AnnotationRevision, Failure, Prediction, Project, Task
 from models.classifiers import build_small_cnn
 from models.loading import save_classifier
-from labelstudio import free_port
+from labeler.studio import free_port
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>

@@ -1,4 +1,9 @@
-"""The database package on real SQLite files migrated by Alembic."""
+"""The database package, migrated by Alembic, on real SQLite files and on a real PostgreSQL server.
+
+Every test that touches a database runs twice, ``[sqlite]`` on a fresh file and ``[postgresql]``
+on a fresh database of the session's throwaway server (tests/postgres.py); the SQLite-only ones
+(pragmas, WAL readers, BEGIN modes) are marked ``SQLITE_ONLY``.
+"""
 from __future__ import annotations
 
 import subprocess
@@ -23,9 +28,21 @@ RESULT = [{"id": "r1", "from_name": "mask", "to_name": "image", "type": "brushla
            "value": {"format": "rle", "rle": [0, 1, 2], "brushlabels": ["Opacity"]}}]
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'var' / 'labels.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """A fresh, empty (not yet migrated) database: a SQLite file in a folder that does not exist
+    yet, or a new database on the PostgreSQL test server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'var' / 'labels.db'}"
+    return request.getfixturevalue("postgres_database")
+
+
+SQLITE_ONLY = pytest.mark.parametrize("url", ["sqlite"], indirect=True)
+POSTGRES_ONLY = pytest.mark.parametrize("url", ["postgresql"], indirect=True)
+
+
+def _dialect(url: str) -> str:
+    return sa.engine.make_url(url).get_backend_name()
 
 
 @pytest.fixture
@@ -73,7 +90,8 @@ def _sql_log(engine):
 def test_migrate_creates_folder_and_twice_is_a_no_op(url, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert db.migrate(url) == db.head_revision() == "0001"
-    assert (tmp_path / "var" / "labels.db").is_file()
+    if _dialect(url) == "sqlite":
+        assert (tmp_path / "var" / "labels.db").is_file()
     engine = db.make_engine(url)
     schema_before = _schema_sql(engine)
     assert db.migrate(url) == "0001"
@@ -85,8 +103,22 @@ def test_migrate_creates_folder_and_twice_is_a_no_op(url, tmp_path, monkeypatch)
 
 
 def _schema_sql(engine):
+    """(kind, name, definition) of every table, column and index, from the catalogue itself."""
     with engine.connect() as conn:
-        return conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+        if engine.dialect.name == "sqlite":
+            return conn.exec_driver_sql("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+        columns = conn.exec_driver_sql(
+            "SELECT 'column', table_name || '.' || column_name, data_type || ' ' || is_nullable "
+            "FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 2"
+        ).fetchall()
+        indexes = conn.exec_driver_sql(
+            "SELECT 'index', indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 2"
+        ).fetchall()
+        constraints = conn.exec_driver_sql(
+            "SELECT 'constraint', conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = 'public'::regnamespace ORDER BY 2"
+        ).fetchall()
+        return columns + indexes + constraints
 
 
 def test_downgrade_to_base_and_upgrade_again(url, engine):
@@ -97,6 +129,7 @@ def test_downgrade_to_base_and_upgrade_again(url, engine):
     assert TABLES <= set(sa.inspect(engine).get_table_names())
 
 
+@SQLITE_ONLY
 def test_sqlite_pragmas_on_every_connection(engine):
     reader = engine.execution_options(sqlite_begin="DEFERRED")
     with reader.connect() as first, reader.connect() as second:
@@ -106,6 +139,7 @@ def test_sqlite_pragmas_on_every_connection(engine):
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
 
 
+@SQLITE_ONLY
 def test_open_reader_does_not_block_a_writer(engine, Session):
     reader = engine.execution_options(sqlite_begin="DEFERRED")
     with reader.connect() as conn:
@@ -117,6 +151,7 @@ def test_open_reader_does_not_block_a_writer(engine, Session):
         assert conn.scalar(sa.select(sa.func.count()).select_from(Project)) == 1
 
 
+@SQLITE_ONLY
 def test_bad_begin_mode_refused(url):
     with pytest.raises(ValueError, match="sqlite_begin"):
         db.make_engine(url, sqlite_begin="EVENTUALLY")
@@ -134,7 +169,8 @@ def test_migrated_schema_equals_models(engine):
     live = indexes["uq_tasks_project_id_ls_task_id_live"]
     assert live["unique"] and live["column_names"] == ["project_id", "ls_task_id"]
     sql = {name: text for _, name, text in _schema_sql(engine)}
-    assert sql["uq_tasks_project_id_ls_task_id_live"].endswith("WHERE deleted_at IS NULL")
+    partial = "WHERE deleted_at IS NULL" if engine.dialect.name == "sqlite" else "WHERE (deleted_at IS NULL)"
+    assert sql["uq_tasks_project_id_ls_task_id_live"].endswith(partial)
 
 
 def test_db_imports_nothing_else_of_the_project():
@@ -422,7 +458,7 @@ def test_failures_stored_on_one_line(session, project):
 # -- concurrency ---------------------------------------------------------------------------
 
 
-def test_concurrent_writers_on_one_file(url, engine, project):
+def test_concurrent_writers_with_duplicate_fingerprints(url, engine, project):
     workers, distinct, shared = 4, 50, 10
     barrier = threading.Barrier(workers)
     errors: list[BaseException] = []
@@ -453,3 +489,76 @@ def test_concurrent_writers_on_one_file(url, engine, project):
         count = session.scalar(sa.select(sa.func.count()).select_from(AnnotationRevision))
         assert count == workers * distinct + shared
         assert session.scalar(sa.select(sa.func.count()).select_from(Task)) == 1
+
+
+def test_concurrent_migrations_from_several_processes(url):
+    """Several backend workers start at once and each migrates: all succeed, one schema results."""
+    code = "import sys, db; assert db.migrate(sys.argv[1]) == '0001'"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]
+    outputs = [(p.wait(timeout=120), p.stdout.read()[-1500:]) for p in processes]
+    assert [rc for rc, _ in outputs] == [0] * 4, outputs
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0001"]
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_writers_create_each_live_task_once(url, engine, project):
+    """Writers racing to create the same new tasks: the partial unique index lets one win, the
+    others get the winner's row (savepoint + re-read), nobody fails."""
+    workers, tasks = 4, 20
+    barrier = threading.Barrier(workers)
+    errors: list[BaseException] = []
+    seen: dict[int, set[int]] = {n: set() for n in range(tasks)}
+
+    def work() -> None:
+        own = db.make_engine(url)
+        Session = db.session_factory(own)
+        try:
+            barrier.wait()
+            for n in range(tasks):
+                with Session.begin() as session:
+                    proj = db.upsert_project(session, 7)
+                    seen[n].add(db.live_task(session, proj, 100 + n, f"{n}.png").id)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+        finally:
+            own.dispose()
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert all(len(ids) == 1 for ids in seen.values()), seen
+    with db.session_factory(engine)() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Task)) == tasks
+
+
+@POSTGRES_ONLY
+def test_timestamps_stay_utc_whatever_the_session_time_zone(url):
+    db.migrate(url)
+    engine = db.make_engine(url, connect_args={"options": "-c TimeZone=Asia/Kolkata"})
+    try:
+        with db.session_factory(engine)() as session:
+            project = db.upsert_project(session, 7)
+            task = db.live_task(session, project, 1, "a.png")
+            revision_id = _revise(session, task).id
+            session.commit()
+        with db.session_factory(engine)() as session:
+            stored = session.get(AnnotationRevision, revision_id)
+            assert stored.ls_updated_at == datetime(2025, 3, 1, 10, 0, 0, 500000, tzinfo=timezone.utc)
+            assert stored.ls_updated_at.utcoffset() == timedelta(0)
+            local = session.execute(sa.text("SELECT ls_updated_at::text FROM annotation_revisions")).scalar()
+            assert local == "2025-03-01 15:30:00.5+05:30"
+            since = datetime(2025, 3, 1, 9, 59, tzinfo=timezone.utc)
+            assert session.scalar(sa.select(sa.func.count()).where(AnnotationRevision.ls_updated_at > since)) == 1
+    finally:
+        engine.dispose()

@@ -1,4 +1,4 @@
-"""The Label Studio test harness, against a REAL label-studio 1.23 server (tests/labelstudio.py).
+"""The Label Studio test harness, against a REAL label-studio 1.23 server (labeler/studio.py).
 
 Proves the `label_studio` fixture works and pins down the server behaviour the end-to-end tests
 rely on: health, authentication with the legacy token, the task image URL shapes of uploads and
@@ -168,7 +168,7 @@ def test_prediction_round_trip(label_studio, ls, http, project):
 
 def test_a_busy_port_is_noticed_and_another_one_used(monkeypatch, label_studio):
     """LS moves to PORT+1 without failing when PORT is busy; the harness must not be fooled."""
-    import labelstudio
+    from labeler import studio as labelstudio
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))

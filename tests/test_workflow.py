@@ -30,7 +30,7 @@ from db.engine import make_engine, session_factory
 from db.schema import AnnotationRevision
 from explain.labelstudio import brush_result, choices_result
 from labeler.cli import app
-from labelstudio import free_port
+from labeler.studio import free_port
 from models.classifiers import build_small_cnn
 from models.loading import save_classifier
 from labeler.synthetic import write_dataset

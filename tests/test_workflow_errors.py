@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from labeler.cli import app
-from labelstudio import free_port
+from labeler.studio import free_port
 
 
 def run(args, env):

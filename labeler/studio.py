@@ -1,4 +1,4 @@
-"""A real Label Studio server for the end-to-end tests.
+"""A real Label Studio server on loopback, for the demo and the end-to-end tests.
 
 Label Studio is installed in its OWN virtual environment (never the product's: it pins Django,
 numpy and the SDK its own way), cached under ``<repo>/.cache/label-studio-venv`` and reused as
@@ -10,7 +10,7 @@ Behaviour this relies on is recorded in ``shared/docs/label-studio-facts.md`` (m
 
 Usable by hand, too::
 
-    .venv/bin/python tests/labelstudio.py            # install (if needed), start, print url/token
+    .venv/bin/python -m labeler.studio               # install (if needed), start, print url/token
 """
 from __future__ import annotations
 
@@ -319,6 +319,7 @@ class LabelStudioServer:
         offline: bool = True,
         set_host: bool = False,
         port_attempts: int = 3,
+        port: int | None = None,
     ):
         self.venv_dir = Path(venv_dir)
         self._own_workdir = workdir is None
@@ -330,11 +331,16 @@ class LabelStudioServer:
         self.start_timeout = start_timeout
         self.offline = offline
         self.set_host = set_host
-        self.port_attempts = port_attempts
+        self.port_attempts = 1 if port else port_attempts
+        self.requested_port = port
 
         self.username = "admin@example.com"
         self.password = secrets.token_urlsafe(16)
         self.token = secrets.token_hex(20)  # 40 hex chars, like a DRF authtoken key
+        self.credentials = self.workdir / "credentials.json"
+        if self.credentials.exists():  # a kept workdir: its user exists, with these
+            saved = json.loads(self.credentials.read_text())
+            self.username, self.password, self.token = saved["username"], saved["password"], saved["token"]
         self.data_dir = self.workdir / "data"
         self.home = self.workdir / "home"
         self.document_root = self.workdir / "documents"
@@ -362,7 +368,7 @@ class LabelStudioServer:
             self.timings["install"] = time.monotonic() - t0
             for path in (self.data_dir, self.home / "tmp", self.document_root):
                 path.mkdir(parents=True, exist_ok=True)
-            if self.use_template:
+            if self.use_template and not (self.data_dir / "label_studio.sqlite3").exists():
                 t0 = time.monotonic()
                 template_db = ensure_template(exe, self.template_dir)
                 self.timings["template"] = time.monotonic() - t0
@@ -371,12 +377,16 @@ class LabelStudioServer:
             for _attempt in range(self.port_attempts):
                 t0 = time.monotonic()
                 try:
-                    self._start_once(exe, free_port())
+                    self._start_once(exe, self.requested_port or free_port())
                 except _PortTaken as exc:  # lost the race for the port: LS moved to port+1
                     last_error = exc
                     self._terminate()
                     continue
                 self.timings["start"] = time.monotonic() - t0
+                if not self._own_workdir and not self.credentials.exists():
+                    self.credentials.write_text(json.dumps(
+                        {"username": self.username, "password": self.password, "token": self.token}))
+                    self.credentials.chmod(0o600)
                 return self
             raise LabelStudioError(f"could not start on a port of our own: {last_error}\n{_tail(self.log_path)}")
         except BaseException:

@@ -1,0 +1,125 @@
+"""``labeler demo``: a Label Studio with a demo project pre-labelled by the backend, on this machine.
+
+Everything lives under one folder (default ``out/demo``): synthetic radiograph-like images, a
+small classifier trained on them, Label Studio's data and login, our SQLite database. A rerun
+reuses all of it and starts in seconds. Nothing is downloaded but Label Studio itself, from PyPI,
+into its own environment the first time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from labeler.studio import LabelStudioServer, free_port
+from labeler.workspace import Workspace
+
+
+@dataclass
+class Demo:
+    """The running demo: Label Studio, the backend process and the project."""
+
+    studio: LabelStudioServer
+    backend: subprocess.Popen
+    backend_url: str
+    project_id: int
+
+    def stop(self):
+        if self.backend.poll() is None:
+            os.killpg(self.backend.pid, signal.SIGTERM)
+            self.backend.wait(timeout=30)
+        self.studio.stop()
+
+
+def ensure_model(folder: Path, log) -> Path:
+    """Demo images and a small classifier trained on them (once; ~1 minute on a CPU)."""
+    model = folder / "model.keras"
+    if model.exists():
+        return model
+    labeler = [str(Path(sys.executable).parent / "labeler")]
+    log("making demo images and training a small classifier (once)")
+    subprocess.run([*labeler, "demo-data", str(folder / "data"), "--per-class", "100", "--size", "128"], check=True)
+    subprocess.run(
+        [*labeler, "train-classifier", str(folder / "data" / "images"), "--out", str(model), "--size", "128", "--epochs", "20"],
+        check=True,
+    )
+    return model
+
+
+def start_backend(folder: Path, model: Path, studio: LabelStudioServer) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODEL_PATH": str(model),
+        "DATABASE_URL": f"sqlite:///{folder / 'labeler.db'}",
+        "LABEL_STUDIO_URL": studio.url,
+        "LABEL_STUDIO_API_KEY": studio.token,
+        "LOCAL_FILES_DOCUMENT_ROOT": str(studio.document_root),
+        "BACKEND_PORT": str(port),
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    log_file = open(folder / "backend.log", "ab")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "labeler-backend")], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the backend stopped while starting; see {folder / 'backend.log'}")
+        try:
+            if requests.get(f"{url}/health", timeout=1).json().get("model_loaded"):
+                return process, url
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the backend did not load its model in 180 s; see {folder / 'backend.log'}")
+        time.sleep(0.5)
+
+
+def start_demo(folder: Path, port: int | None = None, log=print) -> Demo:
+    """Start (or restart) the demo and pre-label its project; returns the running demo."""
+    from labeler.project import connect_backend, import_images, init_project
+
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    model = ensure_model(folder, log)
+    log("starting Label Studio (the first time installs it into .cache/label-studio-venv)")
+    studio = LabelStudioServer(workdir=folder / "label-studio", port=port).start()
+    backend = None
+    try:
+        backend, backend_url = start_backend(folder, model, studio)
+        state_file = folder / "state.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        ws = Workspace(studio.url, studio.token, state.get("project"), f"sqlite:///{folder / 'labeler.db'}")
+        if ws.project_id is None:
+            project_id = init_project(ws, model, "Demo: chest X-ray opacities", None)
+            state_file.write_text(json.dumps({"project": project_id}))
+            ws = Workspace(studio.url, studio.token, project_id, ws.database_url)
+        for backend_model in ws.client.ml.list(project=ws.project_id):  # the backend's port changes per run
+            if backend_model.url.rstrip("/") != backend_url:
+                ws.client.ml.delete(id=backend_model.id)
+        for hook in ws.client.webhooks.list(project=ws.project_id):
+            if hook.url.rstrip("/") != f"{backend_url}/webhook":
+                ws.client.webhooks.delete(id=hook.id)
+        connect_backend(ws, ws.project_id, backend_url)
+        images = sorted((folder / "data" / "images" / "opacity").glob("*.png"))[:6]
+        images += sorted((folder / "data" / "images" / "clear").glob("*.png"))[:2]
+        import_images(ws, images, studio.document_root)
+        ws.client.actions.create(
+            id="retrieve_tasks_predictions", project=ws.project_id, selected_items={"all": True, "excluded": []}
+        )
+        return Demo(studio, backend, backend_url, ws.project_id)
+    except BaseException:
+        if backend is not None and backend.poll() is None:
+            os.killpg(backend.pid, signal.SIGTERM)
+        studio.stop()
+        raise
