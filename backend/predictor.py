@@ -18,9 +18,8 @@ log = logging.getLogger(__name__)
 
 def prelabel_settings(settings: Settings) -> PrelabelSettings:
     """The pipeline settings named by the environment (ValueError names a bad one)."""
-    method, _, value = settings.cam_threshold.partition(":")
     try:
-        threshold = Threshold(method, float(value)) if value else Threshold(method)
+        threshold = Threshold.parse(settings.cam_threshold)
     except ValueError as exc:
         raise ValueError(f"CAM_THRESHOLD {settings.cam_threshold!r}: {exc}") from None
     return PrelabelSettings(

@@ -128,7 +128,6 @@ class StageTimers:
         self.calls: dict[str, list[float]] = defaultdict(list)
         self.ends: dict[str, list[float]] = defaultdict(list)
         self.payloads: list[int] = []
-        self.posted: list[dict] = []
 
     def total(self, stage: str) -> float:
         return sum(self.calls.get(stage, ()))
@@ -171,7 +170,6 @@ class StageTimers:
             if stage == "post":
                 for item in kwargs.get("request", []):
                     self.payloads.append(len(json.dumps(item.get("result", []))))
-                    self.posted.append({k: item.get(k) for k in ("task", "result", "score")})
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)

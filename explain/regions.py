@@ -38,6 +38,18 @@ class Threshold:
         if self.method == "percentile" and not 0 <= self.value <= 100:
             raise ValueError(f"value must be in [0, 100] for method 'percentile', got {self.value!r}")
 
+    @classmethod
+    def parse(cls, text: str) -> "Threshold":
+        """``"fraction:0.2"``, ``"percentile:90"`` or ``"otsu"`` (the form of ``describe`` with a colon)."""
+        method, _, value = text.partition(":")
+        if not value:
+            return cls(method)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"value must be a number, got {value!r}") from None
+        return cls(method, number)
+
     def describe(self) -> str:
         """Short id such as ``"fraction0.2"``, ``"percentile90"`` or ``"otsu"``."""
         return self.method if self.method == "otsu" else f"{self.method}{self.value:g}"

@@ -51,27 +51,20 @@ def one_line_errors(command):
     return wrapper
 
 
-def parse_threshold(text: str):
-    """``fraction:0.2``, ``percentile:90`` or ``otsu`` -> Threshold."""
-    from explain.regions import Threshold
-
-    method, _, value = text.partition(":")
-    try:
-        return Threshold(method, float(value)) if value else Threshold(method)
-    except ValueError as exc:
-        raise ValueError(f"--threshold {text!r}: {exc}") from None
-
-
 def prelabel_settings(method, layer, target, threshold, min_area, max_vertices):
     from explain.gradcam import Target
     from explain.prelabel import PrelabelSettings
-    from explain.regions import RegionSettings
+    from explain.regions import RegionSettings, Threshold
 
+    try:
+        parsed = Threshold.parse(threshold)
+    except ValueError as exc:
+        raise ValueError(f"--threshold {threshold!r}: {exc}") from None
     return PrelabelSettings(
         method=method,
         layer=layer,
         target=Target.parse(target),
-        regions=RegionSettings(parse_threshold(threshold), min_area=min_area, max_vertices=max_vertices),
+        regions=RegionSettings(parsed, min_area=min_area, max_vertices=max_vertices),
     )
 
 

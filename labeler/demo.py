@@ -27,14 +27,15 @@ class Demo:
     """The running demo: Label Studio, the backend process and the project."""
 
     studio: LabelStudioServer
-    backend: subprocess.Popen
-    backend_url: str
+    backend: "BackendProcess"
     project_id: int
 
+    @property
+    def backend_url(self) -> str:
+        return self.backend.url
+
     def stop(self):
-        if self.backend.poll() is None:
-            os.killpg(self.backend.pid, signal.SIGTERM)
-            self.backend.wait(timeout=30)
+        self.backend.stop()
         self.studio.stop()
 
 
@@ -53,36 +54,44 @@ def ensure_model(folder: Path, log) -> Path:
     return model
 
 
-def start_backend(folder: Path, model: Path, studio: LabelStudioServer) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODEL_PATH": str(model),
-        "DATABASE_URL": f"sqlite:///{folder / 'labeler.db'}",
-        "LABEL_STUDIO_URL": studio.url,
-        "LABEL_STUDIO_API_KEY": studio.token,
-        "LOCAL_FILES_DOCUMENT_ROOT": str(studio.document_root),
-        "BACKEND_PORT": str(port),
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    log_file = open(folder / "backend.log", "ab")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "labeler-backend")], env=env, stdout=log_file, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"the backend stopped while starting; see {folder / 'backend.log'}")
+@dataclass
+class BackendProcess:
+    """``labeler-backend`` running as a child process on a free loopback port."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    @classmethod
+    def start(cls, settings: dict[str, str], log_path: Path, timeout: float = 180.0) -> "BackendProcess":
+        """Start it with these environment ``settings`` (MODEL_PATH, DATABASE_URL, ...) on top of
+        ours and wait until its model is loaded; its output goes to ``log_path``."""
+        port = free_port()
+        env = {**os.environ, **settings, "BACKEND_PORT": str(port), "NO_PROXY": "127.0.0.1,localhost"}
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "labeler-backend")], env=env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        backend = cls(process, f"http://127.0.0.1:{port}", log_path)
+        deadline = time.monotonic() + timeout
+        while not backend.ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                backend.stop()
+                raise RuntimeError(f"the backend did not load its model in {timeout:.0f} s; see {log_path}")
+            time.sleep(0.5)
+        return backend
+
+    def ready(self) -> bool:
         try:
-            if requests.get(f"{url}/health", timeout=1).json().get("model_loaded"):
-                return process, url
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the backend did not load its model in 180 s; see {folder / 'backend.log'}")
-        time.sleep(0.5)
+            return bool(requests.get(f"{self.url}/health", timeout=1).json().get("model_loaded"))
+        except (requests.RequestException, ValueError):
+            return False
+
+    def stop(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
 
 
 def start_demo(folder: Path, port: int | None = None, log=print) -> Demo:
@@ -96,7 +105,17 @@ def start_demo(folder: Path, port: int | None = None, log=print) -> Demo:
     studio = LabelStudioServer(workdir=folder / "label-studio", port=port).start()
     backend = None
     try:
-        backend, backend_url = start_backend(folder, model, studio)
+        backend = BackendProcess.start(
+            {
+                "MODEL_PATH": str(model),
+                "DATABASE_URL": f"sqlite:///{folder / 'labeler.db'}",
+                "LABEL_STUDIO_URL": studio.url,
+                "LABEL_STUDIO_API_KEY": studio.token,
+                "LOCAL_FILES_DOCUMENT_ROOT": str(studio.document_root),
+            },
+            folder / "backend.log",
+        )
+        backend_url = backend.url
         state_file = folder / "state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         ws = Workspace(studio.url, studio.token, state.get("project"), f"sqlite:///{folder / 'labeler.db'}")
@@ -117,9 +136,9 @@ def start_demo(folder: Path, port: int | None = None, log=print) -> Demo:
         ws.client.actions.create(
             id="retrieve_tasks_predictions", project=ws.project_id, selected_items={"all": True, "excluded": []}
         )
-        return Demo(studio, backend, backend_url, ws.project_id)
+        return Demo(studio, backend, ws.project_id)
     except BaseException:
-        if backend is not None and backend.poll() is None:
-            os.killpg(backend.pid, signal.SIGTERM)
+        if backend is not None:
+            backend.stop()
         studio.stop()
         raise

@@ -7,13 +7,8 @@ from the shared document root).
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import keras
@@ -28,7 +23,7 @@ from db.engine import make_engine, session_factory
 from db.schema import AnnotationRevision, Failure, Prediction, Project, Task
 from models.classifiers import build_small_cnn
 from models.loading import save_classifier
-from labeler.studio import free_port
+from labeler.demo import BackendProcess
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -46,36 +41,16 @@ def backend(label_studio, tmp_path_factory):
     keras.utils.set_random_seed(0)
     model, spec = build_small_cnn(("covid", "pneumonia"), input_size=(64, 64), filters=(8, 16))
     model_path = save_classifier(model, spec, folder / "cnn.keras")
-    port = free_port()
-    env = {
-        **os.environ,
+    database_url = f"sqlite:///{folder / 'labeler.db'}"
+    settings = {
         "MODEL_PATH": str(model_path),
-        "DATABASE_URL": f"sqlite:///{folder / 'labeler.db'}",
+        "DATABASE_URL": database_url,
         "LABEL_STUDIO_URL": label_studio.url,  # the token comes from /setup
         "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
-        "BACKEND_PORT": str(port),
-        "NO_PROXY": "127.0.0.1,localhost",
     }
-    log = open(folder / "backend.log", "wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "labeler-backend")], env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, (folder / "backend.log").read_text()[-3000:]
-        try:
-            if requests.get(f"{url}/health", timeout=1).json().get("model_loaded"):
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, "backend did not load its model in 120 s"
-        time.sleep(0.5)
-    yield {"url": url, "db": env["DATABASE_URL"], "log": folder / "backend.log"}
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
+    process = BackendProcess.start(settings, folder / "backend.log", timeout=120)
+    yield {"url": process.url, "db": database_url, "log": folder / "backend.log"}
+    process.stop()
 
 
 @pytest.fixture(scope="module")

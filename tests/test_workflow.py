@@ -30,7 +30,7 @@ from db.engine import make_engine, session_factory
 from db.schema import AnnotationRevision
 from explain.labelstudio import brush_result, choices_result
 from labeler.cli import app
-from labeler.studio import free_port
+from labeler.demo import BackendProcess
 from models.classifiers import build_small_cnn
 from models.loading import save_classifier
 from labeler.synthetic import write_dataset
@@ -70,26 +70,9 @@ def setup(label_studio, tmp_path_factory):
         "DATABASE_URL": f"sqlite:///{folder / 'labeler.db'}",
         "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
     }
-    port = free_port()
-    backend = subprocess.Popen(
-        [str(Path(sys.executable).parent / "labeler-backend")],
-        env={**os.environ, **env, "MODEL_PATH": str(model_path), "BACKEND_PORT": str(port)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    _wait(lambda: _health(url), 120)
-    yield {"folder": folder, "model": model_path, "env": env, "backend": url}
-    os.killpg(backend.pid, signal.SIGTERM)
-    backend.wait(timeout=30)
-
-
-def _health(url):
-    import requests
-
-    try:
-        return requests.get(f"{url}/health", timeout=1).json().get("model_loaded")
-    except requests.RequestException:
-        return False
+    backend = BackendProcess.start({**env, "MODEL_PATH": str(model_path)}, folder / "backend.log", timeout=120)
+    yield {"folder": folder, "model": model_path, "env": env, "backend": backend.url}
+    backend.stop()
 
 
 def _wait(condition, seconds=30):
