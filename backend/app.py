@@ -32,7 +32,8 @@ class Backend:
     Label Studio connection details learnt from /setup."""
 
     def __init__(self, settings: Settings):
-        prelabel_settings(settings)  # fail at start on a bad CAM setting, not on the first task
+        for source in settings.sources:  # fail at start on a bad setting, not on the first task
+            prelabel_settings(settings, source)
         self.settings = settings
         migrate(settings.database_url)
         self.sessions = session_factory(make_engine(settings.database_url))
@@ -55,7 +56,7 @@ class Backend:
         )
 
     def plan(self, config: str, class_names):
-        key = config
+        key = (config, tuple(class_names))
         if key not in self._plans:
             try:
                 self._plans[key] = plan_for(config, class_names, self.settings.label_map)
@@ -95,8 +96,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     def setup():
         body = _body()
         backend.learn_label_studio(body.get("hostname"), body.get("access_token"))
-        pipeline = backend.predictor.get()
         project_id = parse_project_id(body.get("project"))
+        pipeline = backend.predictor.get(settings.source_for(project_id))
         config = body.get("schema")
         if config:
             backend.plan(config, pipeline.class_names)
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         body = _body()
         tasks = validate_tasks(body)
         project_id = parse_project_id(body.get("project"))
-        pipeline = backend.predictor.get()
+        pipeline = backend.predictor.get(settings.source_for(project_id))
         config = body.get("label_config") or _stored_config(backend, project_id)
         if not config:
             raise BadRequest("label_config is missing and no /setup was received for this project")

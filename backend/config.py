@@ -5,20 +5,39 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from explain.prelabel import SOURCES
+
 
 def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _pairs(text: str) -> dict[str, str]:
+
+def _pairs(text: str, name: str = "LABEL_MAP", form: str = "class=Label") -> dict[str, str]:
     """``"covid=Opacity,pneumonia=Opacity"`` -> {"covid": "Opacity", "pneumonia": "Opacity"}."""
     pairs = {}
     for part in _split(text):
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"LABEL_MAP entry {part!r}: expected class=Label")
+            raise ValueError(f"{name} entry {part!r}: expected {form}")
         pairs[key.strip()] = value.strip()
     return pairs
+
+
+def _project_sources(text: str) -> dict[int, str]:
+    """``"3=segmenter,7=fusion"`` -> {3: "segmenter", 7: "fusion"}."""
+    sources = {}
+    for project, source in _pairs(text, "PROJECT_PRELABEL_SOURCES", "project_id=source").items():
+        if not project.isdigit():
+            raise ValueError(f"PROJECT_PRELABEL_SOURCES: project id must be a number, got {project!r}")
+        sources[int(project)] = _source(source, "PROJECT_PRELABEL_SOURCES")
+    return sources
+
+
+def _source(value: str, name: str) -> str:
+    if value not in SOURCES:
+        raise ValueError(f"{name}: source must be one of {', '.join(SOURCES)}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,19 @@ class Settings:
     basic_auth_pass: str | None = None
     warmup: bool = True
     mixed_precision: bool = False
+    segmenter_path: Path | None = None
+    segmenter_threshold: str = "value:0.5"
+    prelabel_source: str = "gradcam"
+    project_sources: dict[int, str] = field(default_factory=dict)
+
+    def source_for(self, project_id: int | None) -> str:
+        """Where a project's regions come from: its PROJECT_PRELABEL_SOURCES entry, else PRELABEL_SOURCE."""
+        return self.project_sources.get(project_id, self.prelabel_source)
+
+    @property
+    def sources(self) -> set[str]:
+        """Every source some project uses."""
+        return {self.prelabel_source, *self.project_sources.values()}
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Settings":
@@ -52,7 +84,8 @@ class Settings:
         if not env.get("MODEL_PATH"):
             raise ValueError("MODEL_PATH is not set: point it at a .keras/.h5 model or SavedModel folder with its spec")
         root = env.get("LOCAL_FILES_DOCUMENT_ROOT")
-        return cls(
+        segmenter = env.get("SEGMENTER_PATH")
+        settings = cls(
             model_path=Path(env["MODEL_PATH"]),
             database_url=env.get("DATABASE_URL", cls.database_url),
             cam_method=env.get("CAM_METHOD", cls.cam_method),
@@ -73,7 +106,14 @@ class Settings:
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             warmup=_flag(env, "WARMUP", True),
             mixed_precision=_flag(env, "MIXED_PRECISION", False),
+            segmenter_path=Path(segmenter) if segmenter else None,
+            segmenter_threshold=env.get("SEGMENTER_THRESHOLD", cls.segmenter_threshold),
+            prelabel_source=_source(env.get("PRELABEL_SOURCE", cls.prelabel_source), "PRELABEL_SOURCE"),
+            project_sources=_project_sources(env.get("PROJECT_PRELABEL_SOURCES", "")),
         )
+        if settings.sources - {"gradcam"} and settings.segmenter_path is None:
+            raise ValueError("SEGMENTER_PATH is not set, but a project pre-labels from the segmenter")
+        return settings
 
 
 def _flag(env, name, default: bool) -> bool:

@@ -1,4 +1,5 @@
-"""The classifier and its pre-label pipeline, loaded once per process, lazily and thread-safely."""
+"""The classifier (and segmenter) and their pre-label pipelines, loaded once per process, lazily
+and thread-safely; one pipeline per pre-label source ("gradcam", "segmenter", "fusion")."""
 from __future__ import annotations
 
 import logging
@@ -11,22 +12,28 @@ from backend.config import Settings
 from explain.gradcam import Target
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.regions import RegionSettings, Threshold
-from models.loading import LoadedModel, load_classifier, with_mixed_precision
+from models.loading import LoadedModel, load_classifier, load_segmenter, with_mixed_precision
+from models.segmentation import Segmenter
 
 log = logging.getLogger(__name__)
 
 
-def prelabel_settings(settings: Settings) -> PrelabelSettings:
-    """The pipeline settings named by the environment (ValueError names a bad one)."""
+def prelabel_settings(settings: Settings, source: str = "gradcam") -> PrelabelSettings:
+    """The pipeline settings of one source named by the environment (ValueError names a bad one).
+    Grad-CAM maps are cut by CAM_THRESHOLD, segmenter and fusion maps by SEGMENTER_THRESHOLD."""
+    name, text = ("CAM_THRESHOLD", settings.cam_threshold)
+    if source != "gradcam":
+        name, text = ("SEGMENTER_THRESHOLD", settings.segmenter_threshold)
     try:
-        threshold = Threshold.parse(settings.cam_threshold)
+        threshold = Threshold.parse(text)
     except ValueError as exc:
-        raise ValueError(f"CAM_THRESHOLD {settings.cam_threshold!r}: {exc}") from None
+        raise ValueError(f"{name} {text!r}: {exc}") from None
     return PrelabelSettings(
         method=settings.cam_method,
         layer=settings.cam_layer,
         target=Target.parse(settings.cam_target),
         regions=RegionSettings(threshold, min_area=settings.cam_min_area, max_vertices=settings.cam_max_vertices),
+        source=source,
     )
 
 
@@ -49,7 +56,10 @@ class Pipeline:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self.loaded.spec.class_names
+        """The classifier's classes, then the segmenter's labels it does not share (what a
+        labelling config's labels are matched against)."""
+        classes = self.loaded.spec.class_names
+        return classes + tuple(n for n in self.prelabeler.region_names if n not in classes)
 
 
 class ModelUnavailable(Exception):
@@ -57,51 +67,69 @@ class ModelUnavailable(Exception):
 
 
 class Predictor:
-    """Builds the ``Pipeline`` on first use (once per process: after a fork, never before)."""
+    """Builds each source's ``Pipeline`` on first use (once per process: after a fork, never before);
+    the classifier and the segmenter are loaded once and shared by the pipelines."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._pipeline: Pipeline | None = None
+        self._pipelines: dict[str, Pipeline] = {}
+        self._models: dict[str, object] = {}
         self._lock = threading.Lock()
-        self._loading = threading.Event()
 
     @property
     def ready(self) -> bool:
-        return self._pipeline is not None
+        return self.settings.prelabel_source in self._pipelines
 
-    def get(self) -> Pipeline:
-        if self._pipeline is None:
+    def get(self, source: str | None = None) -> Pipeline:
+        """The pipeline of ``source`` (default: PRELABEL_SOURCE)."""
+        source = source or self.settings.prelabel_source
+        if source not in self._pipelines:
             with self._lock:
-                if self._pipeline is None:
+                if source not in self._pipelines:
                     try:
-                        self._pipeline = self._load()
+                        self._pipelines[source] = self._build(source)
                     except (ValueError, OSError) as exc:
                         raise ModelUnavailable(f"model could not be loaded: {exc}") from None
-        return self._pipeline
+        return self._pipelines[source]
 
-    def _load(self) -> Pipeline:
+    def _model(self, name: str, load):
+        if name not in self._models:
+            self._models[name] = load()
+        return self._models[name]
+
+    def _build(self, source: str) -> Pipeline:
         import tensorflow as tf
 
         devices = tf.config.list_physical_devices("GPU")
         for gpu in devices:
             tf.config.experimental.set_memory_growth(gpu, True)
-        loaded = load_classifier(self.settings.model_path)
-        model = with_mixed_precision(loaded.model) if self.settings.mixed_precision else loaded.model
-        prelabeler = Prelabeler(model, loaded.spec, prelabel_settings(self.settings), self.settings.batch_size)
+        loaded = self._model("classifier", lambda: load_classifier(self.settings.model_path))
+        model = loaded.model
+        if self.settings.mixed_precision:
+            model = self._model("classifier-fp16", lambda: with_mixed_precision(loaded.model))
+        segmenter = None
+        if source != "gradcam":
+            segmenter = self._model(
+                "segmenter", lambda: Segmenter(load_segmenter(self.settings.segmenter_path), self.settings.batch_size)
+            )
+        prelabeler = Prelabeler(
+            model, loaded.spec, prelabel_settings(self.settings, source), self.settings.batch_size, segmenter
+        )
         height, width = loaded.spec.input_size
         prelabeler([np.zeros((height, width, 3), np.float32)])  # trace the compiled graph now, not on a task
         pipeline = Pipeline(loaded, prelabeler, self.settings.mixed_precision)
         device = f"GPU ({len(devices)})" if devices else "CPU"
         precision = "mixed float16" if self.settings.mixed_precision else "float32"
-        log.info("model %s loaded on %s (%s): %s", loaded.path.name, device, precision, pipeline.version)
+        log.info("%s pipeline of %s loaded on %s (%s): %s", source, loaded.path.name, device, precision, pipeline.version)
         return pipeline
 
     def warm_up_in_background(self):
-        """Start loading now in a daemon thread, so the first request does not wait for it."""
+        """Start loading every source in use now, in a daemon thread, so that no request waits for it."""
 
         def load():
             try:
-                self.get()
+                for source in sorted(self.settings.sources, key=lambda s: s != self.settings.prelabel_source):
+                    self.get(source)
             except ModelUnavailable as exc:  # reported again on every request until fixed
                 log.error("model failed to load: %s", exc)
 

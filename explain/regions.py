@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from skimage.filters import threshold_otsu
 
-_METHODS = ("fraction", "otsu", "percentile")
+_METHODS = ("fraction", "otsu", "percentile", "value")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Threshold:
     ``"fraction"``: on where heat >= value * max, value in (0, 1] (CAM used 0.20,
     Grad-CAM 0.15). ``"percentile"``: on where heat >= the value-th percentile,
     value in [0, 100]. ``"otsu"``: on where heat > Otsu's threshold; value ignored.
+    ``"value"``: on where heat >= value, value in (0, 1]: for maps that are probabilities
+    (a segmenter's), not relative evidence.
     """
 
     method: str
@@ -35,12 +37,14 @@ class Threshold:
             raise ValueError(f"value must be a finite number, got {self.value!r}")
         if self.method == "fraction" and not 0 < self.value <= 1:
             raise ValueError(f"value must be in (0, 1] for method 'fraction', got {self.value!r}")
+        if self.method == "value" and not 0 < self.value <= 1:
+            raise ValueError(f"value must be in (0, 1] for method 'value', got {self.value!r}")
         if self.method == "percentile" and not 0 <= self.value <= 100:
             raise ValueError(f"value must be in [0, 100] for method 'percentile', got {self.value!r}")
 
     @classmethod
     def parse(cls, text: str) -> "Threshold":
-        """``"fraction:0.2"``, ``"percentile:90"`` or ``"otsu"`` (the form of ``describe`` with a colon)."""
+        """``"fraction:0.2"``, ``"percentile:90"``, ``"value:0.5"`` or ``"otsu"`` (the form of ``describe`` with a colon)."""
         method, _, value = text.partition(":")
         if not value:
             return cls(method)
@@ -165,6 +169,9 @@ def extract_regions(
 
 def _threshold(heat: np.ndarray, threshold: Threshold, inside: np.ndarray | None) -> np.ndarray:
     values = heat if inside is None else heat[inside]
+    if threshold.method == "value":
+        mask = heat >= threshold.value
+        return mask if inside is None else mask & inside
     if values.size == 0 or values.min() == values.max():
         return np.zeros(heat.shape, dtype=bool)
     if threshold.method == "fraction":

@@ -167,6 +167,65 @@ def train_classifier(
     )
 
 
+@app.command("train-segmenter")
+@one_line_errors
+def train_segmenter(
+    export_dir: Annotated[Path, typer.Argument(help="A `labeler export --format png` folder.")],
+    out: Annotated[Path, typer.Option(help="Where to save the U-Net (.keras or .h5); the spec goes beside it.")],
+    size: Annotated[int, typer.Option(min=16, help="Square input size in pixels (a multiple of 8).")] = 128,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    filters: Annotated[str, typer.Option(help="Filters per U-Net level, comma-separated.")] = "16,32,64,128",
+    max_tasks: Annotated[Optional[int], typer.Option(help="Train on a seeded subset of this many train tasks.")] = None,
+    augment: Annotated[bool, typer.Option(help="The same random rotation, zoom and shift for image and mask.")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+):
+    """Train a U-Net on the corrected masks of an export's train split (its val split validates)."""
+    from labeler.segmenting import train_on_export
+
+    try:
+        levels = tuple(int(f) for f in filters.split(","))
+    except ValueError:
+        raise ValueError(f"--filters must be numbers like 16,32,64,128, got {filters!r}") from None
+    result = train_on_export(
+        export_dir, out, size=size, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        filters=levels, seed=seed, augment=augment, max_tasks=max_tasks, verbose=1 if sys.stdout.isatty() else 2,
+    )
+    report = result.report
+    val = "n/a" if report.val_dice is None else f"{report.val_dice:.3f}"
+    console.print(
+        f"saved {out} (version {result.version}; labels {', '.join(result.labels)}; {result.train_tasks} train / "
+        f"{result.val_tasks} val tasks), epoch {report.best_epoch} of {report.epochs}: "
+        f"train Dice {report.train_dice:.3f}, validation Dice {val}"
+    )
+
+
+@app.command("evaluate-segmenter")
+@one_line_errors
+def evaluate_segmenter(
+    model: Annotated[Path, typer.Argument(help="A segmenter saved by train-segmenter.")],
+    export_dir: Annotated[Path, typer.Argument(help="A `labeler export --format png` folder.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    threshold: Annotated[str, typer.Option(help="value:P (probability), fraction:F, percentile:P or otsu.")] = "value:0.5",
+    min_area: MinArea = 0.001,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write per-task scores to this CSV file.")] = None,
+):
+    """Score a segmenter's pre-labels on one split of an export against the corrected masks, side by
+    side with the export's own pre-labels (export --predictions) where it has them."""
+    from labeler.segmenting import evaluate_segmenter as evaluate, write_rows
+
+    summaries, rows = evaluate(model, export_dir, split, threshold, min_area)
+    table = Table("label", "tasks", "Dice", "IoU", "fp", "fp_any", "pre-label Dice", "pre-label IoU")
+    number = lambda v: "n/a" if v is None else f"{v:.3f}"
+    for s in summaries:
+        table.add_row(s.label, str(s.tasks), *(number(v) for v in (s.dice, s.iou, s.fp, s.fp_any, s.prelabel_dice, s.prelabel_iou)))
+    console.print(table)
+    if csv_out:
+        write_rows(rows, csv_out)
+        console.print(f"wrote {csv_out}")
+
+
 @app.command("demo-data")
 @one_line_errors
 def demo_data(

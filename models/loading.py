@@ -1,4 +1,6 @@
-"""Loading and saving classifiers (.keras, .h5, SavedModel folder) with their spec and version id."""
+"""Loading and saving models (.keras, .h5, SavedModel folder) with their spec and version id.
+
+Classifiers and segmenters share the mechanism; the spec's ``kind`` says which one a file holds."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +16,7 @@ from models.spec import ModelSpec, load_spec, save_spec
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A classifier ready to use: the Keras model, its spec and a version id of its weights."""
+    """A model ready to use: the Keras model, its spec and a version id of its weights."""
 
     model: keras.Model
     spec: ModelSpec
@@ -32,8 +34,8 @@ def weights_version(model: keras.Model) -> str:
     return digest.hexdigest()[:12]
 
 
-def save_classifier(model: keras.Model, spec: ModelSpec, path: str | Path) -> Path:
-    """Save ``model`` as ``.keras`` or ``.h5`` (by suffix) with its spec beside it."""
+def save_model(model: keras.Model, spec: ModelSpec, path: str | Path) -> Path:
+    """Save ``model`` (a classifier or a segmenter) as ``.keras`` or ``.h5`` (by suffix) with its spec beside it."""
     path = Path(path)
     if path.suffix not in (".keras", ".h5"):
         raise ValueError(f"model path must end in .keras or .h5, got {path.name!r}")
@@ -43,8 +45,22 @@ def save_classifier(model: keras.Model, spec: ModelSpec, path: str | Path) -> Pa
     return path
 
 
+save_classifier = save_model
+
+
 def load_classifier(path: str | Path) -> LoadedModel:
-    """Load a classifier from a ``.keras`` file, a ``.h5`` file or a SavedModel folder, with its spec.
+    """Load a classifier (see ``load_model``); a segmenter's file is refused with a clear message."""
+    return load_model(path, kind="classifier")
+
+
+def load_segmenter(path: str | Path) -> LoadedModel:
+    """Load a segmenter (see ``load_model``); a classifier's file is refused with a clear message."""
+    return load_model(path, kind="segmenter")
+
+
+def load_model(path: str | Path, kind: str | None = None) -> LoadedModel:
+    """Load a model from a ``.keras`` file, a ``.h5`` file or a SavedModel folder, with its spec;
+    ``kind`` ("classifier" / "segmenter"), when given, must be the spec's.
 
     A SavedModel folder (``saved_model.pb`` inside, written by tf.keras 2) is read through
     tf_keras (``pip install tf-keras``) and converted in memory, so that Grad-CAM can reach its
@@ -54,6 +70,8 @@ def load_classifier(path: str | Path) -> LoadedModel:
     if not path.exists():
         raise FileNotFoundError(f"{path.name}: no such model file or folder")
     spec = load_spec(path)
+    if kind is not None and spec.kind != kind:
+        raise ValueError(f"{path.name}: this is a {spec.kind} (its spec says so), not a {kind}")
     if path.is_dir():
         model = _load_saved_model(path)
     elif path.suffix in (".keras", ".h5"):

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 SCALINGS = ("unit", "symmetric", "raw")
+KINDS = ("classifier", "segmenter")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to feed a classifier and read its output.
+    """How to feed a model (a classifier or a segmenter) and read its output.
 
     Attributes
     ----------
@@ -24,8 +25,10 @@ class ModelSpec:
     channels : 1 (gray) or 3 (RGB).
     scaling : pixel scaling of 8-bit values v: "unit" v / 255 (the article's), "symmetric"
         v / 127.5 - 1 (Keras' InceptionV3 preprocess_input), "raw" v unchanged.
-    class_names : one name per output unit, in output order.
+    class_names : one name per output unit (a segmenter: per output channel, its label), in order.
     target_layer : layer used for Grad-CAM; None finds the last layer with a 4-D output.
+    kind : "classifier" (output (N, classes) probabilities) or "segmenter" (output (N, H, W, labels)
+        per-pixel probabilities at ``input_size``).
     """
 
     input_size: tuple[int, int]
@@ -33,6 +36,7 @@ class ModelSpec:
     channels: int = 3
     scaling: str = "unit"
     target_layer: str | None = None
+    kind: str = "classifier"
 
     def __post_init__(self):
         size = tuple(int(v) for v in self.input_size)
@@ -46,6 +50,8 @@ class ModelSpec:
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
         if self.scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """Model input from images already resized to ``input_size``.

@@ -99,8 +99,12 @@ def test_spec_json_round_trip():
         "channels": 1,
         "scaling": "raw",
         "target_layer": "mixed10",
+        "kind": "classifier",
     }
     assert ModelSpec.from_json(text) == spec
+    # specs written before segmenters existed have no kind: they are classifiers
+    del data["kind"]
+    assert ModelSpec.from_json(json.dumps(data)) == spec
 
 
 def test_spec_path_file_and_folder(tmp_path):

@@ -336,3 +336,14 @@ def test_roi_restricts_regions(levels):
 def test_bad_settings_type_is_rejected():
     with pytest.raises(ValueError, match="settings"):
         extract_regions(np.zeros((5, 5)), settings=Threshold("otsu"))
+
+
+def test_value_threshold_is_absolute_even_on_flat_maps():
+    probabilities = np.array([[0.2, 0.5], [0.7, 0.49]], np.float32)
+    assert threshold_mask(probabilities, Threshold.parse("value:0.5")).tolist() == [[False, True], [True, False]]
+    flat = np.full((3, 3), 0.7, np.float32)  # a segmenter sure of every pixel: all on, unlike relative methods
+    assert threshold_mask(flat, Threshold("value", 0.5)).all()
+    assert not threshold_mask(flat, Threshold("fraction", 0.5)).any()
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="in \\(0, 1\\] for method 'value'"):
+            Threshold("value", bad)

@@ -1,0 +1,243 @@
+"""``labeler train-segmenter`` and ``labeler evaluate-segmenter``: a U-Net trained on the corrected
+masks of a ``labeler export --format png`` folder, and scored on one of its splits against the
+corrected masks and, where the export has them, the pre-labels they were corrected from.
+
+The pre-label masks are made exactly as the backend makes them (``explain.regions``: threshold,
+hole filling, small regions dropped), so the scores are those an annotator would start from.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from explain.images import load_image, to_uint8
+from explain.prelabel import resize_heatmap
+from explain.regions import RegionSettings, Threshold, extract_regions
+from labeler.agreement import dice, iou
+from models.datasets import export_labels, export_rows
+
+
+@dataclass
+class ExportSplit:
+    """One split of a png export at the export's image size.
+
+    images: each (H, W, 3) float32 RGB in [0, 1]; masks: each (H, W, L) bool, one channel per
+    label of ``labels``; predictions: the exported pre-labels in the same layout, or None per task
+    without one.
+    """
+
+    rows: list[dict]
+    labels: list[str]
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    predictions: list[np.ndarray | None]
+
+
+def read_split(export_dir: Path, split: str | None) -> ExportSplit:
+    """The tasks of ``split`` (None: all) of a ``labeler export --format png`` folder."""
+    export_dir = Path(export_dir)
+    rows = export_rows(export_dir, split)
+    labels = export_labels(export_dir)
+    images, masks, predictions = [], [], []
+    for row in rows:
+        images.append(load_image(export_dir / row["image_file"]))
+        masks.append(_label_masks(export_dir / row["mask_file"], len(labels)))
+        prediction = row.get("prediction_file")
+        predictions.append(_label_masks(export_dir / prediction, len(labels)) if prediction else None)
+    return ExportSplit(rows, labels, images, masks, predictions)
+
+
+def _label_masks(path: Path, count: int) -> np.ndarray:
+    """An index mask PNG (0 background, i the i-th label) -> (H, W, count) bool."""
+    index = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if index is None or index.ndim != 2:
+        raise ValueError(f"{path.name}: not a single-channel index mask PNG")
+    return np.stack([index == i + 1 for i in range(count)], axis=-1)
+
+
+def resized_pairs(split: ExportSplit, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, h, w, 3) uint8 images (area interpolation) and (N, h, w, L) uint8 0/1 masks (nearest)
+    at ``size`` (height, width): what ``models.segmentation.train_segmenter`` takes."""
+    height, width = size
+    images = np.stack([to_uint8(cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA)) for im in split.images])
+    masks = np.stack([
+        np.stack([cv2.resize(m[..., i].view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+                  for i in range(m.shape[-1])], axis=-1)
+        for m in split.masks
+    ])
+    return images, masks
+
+
+def carve_validation(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of ``count`` tasks with ``round(fraction * count)`` (at least one when
+    count >= 2) drawn for validation, seeded."""
+    order = np.random.default_rng(seed).permutation(count)
+    n_val = min(count - 1, max(1 if count >= 2 else 0, int(round(fraction * count))))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    """Scores of one label over a split. Dice / IoU are means over the tasks whose corrected mask
+    has the label (an empty prediction scores 0); fp is the mean fraction of pixels predicted on
+    tasks without it, fp_any the share of those with any pixel predicted."""
+
+    label: str
+    tasks: int
+    dice: float | None
+    iou: float | None
+    fp: float | None
+    fp_any: float | None
+    prelabel_dice: float | None
+    prelabel_iou: float | None
+
+
+def predicted_masks(maps: np.ndarray, size: tuple[int, int], regions: RegionSettings) -> np.ndarray:
+    """(h, w, L) probabilities -> (H, W, L) bool pre-label masks at ``size`` (height, width): the
+    union of the regions the backend would send for each label."""
+    height, width = size
+    out = np.zeros((height, width, maps.shape[-1]), bool)
+    for i in range(maps.shape[-1]):
+        for region in extract_regions(resize_heatmap(maps[..., i], width, height), regions):
+            out[..., i] |= region.mask
+    return out
+
+
+def score_labels(labels, truths, predictions, prelabels=None) -> tuple[list[LabelScores], list[dict]]:
+    """Per-label summaries and per-(task, label) rows for masks (each (H, W, L) bool) in task order.
+    ``prelabels``: the exported pre-label masks in the same layout (None entries are skipped)."""
+    prelabels = prelabels if prelabels is not None else [None] * len(truths)
+    rows = []
+    for n, (truth, predicted, prelabel) in enumerate(zip(truths, predictions, prelabels)):
+        for i, label in enumerate(labels):
+            present = bool(truth[..., i].any())
+            row = {"task": n, "label": label, "present": present, "predicted_fraction": float(predicted[..., i].mean())}
+            if present:
+                row["dice"], row["iou"] = _overlap(truth[..., i], predicted[..., i])
+                if prelabel is not None:
+                    row["prelabel_dice"], row["prelabel_iou"] = _overlap(truth[..., i], prelabel[..., i])
+            rows.append(row)
+    summaries = []
+    for label in labels:
+        mine = [r for r in rows if r["label"] == label]
+        present = [r for r in mine if r["present"]]
+        absent = [r for r in mine if not r["present"]]
+        with_prelabel = [r for r in present if "prelabel_dice" in r]
+        summaries.append(LabelScores(
+            label=label, tasks=len(present),
+            dice=_mean(r["dice"] for r in present), iou=_mean(r["iou"] for r in present),
+            fp=_mean(r["predicted_fraction"] for r in absent),
+            fp_any=_mean(float(r["predicted_fraction"] > 0) for r in absent),
+            prelabel_dice=_mean(r["prelabel_dice"] for r in with_prelabel),
+            prelabel_iou=_mean(r["prelabel_iou"] for r in with_prelabel),
+        ))
+    return summaries, rows
+
+
+def _overlap(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of one present label; an empty prediction scores 0 (never the both-empty 1)."""
+    if not predicted.any():
+        return 0.0, 0.0
+    return dice(truth, predicted), iou(truth, predicted)
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+def evaluate_segmenter(model_path: Path, export_dir: Path, split: str, threshold: str = "value:0.5",
+                       min_area: float = 0.001, batch_size: int = 16):
+    """Score a segmenter on one split of a png export: (per-label summaries, per-task rows)."""
+    from models.loading import load_segmenter
+    from models.segmentation import Segmenter
+
+    segmenter = Segmenter(load_segmenter(model_path), batch_size)
+    data = read_split(export_dir, split)
+    if not data.rows:
+        raise ValueError(f"{export_dir}: split {split!r} has no tasks")
+    missing = [label for label in segmenter.labels if label not in data.labels]
+    if missing:
+        raise ValueError(f"the segmenter's labels {missing} are not in the export's labels {data.labels}")
+    regions = RegionSettings(Threshold.parse(threshold), min_area=min_area)
+    channels = [data.labels.index(label) for label in segmenter.labels]
+    predictions = []
+    for start in range(0, len(data.images), batch_size):
+        images = data.images[start : start + batch_size]
+        for image, maps in zip(images, segmenter(images)):
+            predictions.append(predicted_masks(maps, image.shape[:2], regions))
+    truths = [m[..., channels] for m in data.masks]
+    prelabels = [p[..., channels] if p is not None else None for p in data.predictions]
+    summaries, rows = score_labels(segmenter.labels, truths, predictions, prelabels)
+    for row in rows:
+        row["task_id"] = data.rows[row.pop("task")]["task_id"]
+    return summaries, rows
+
+
+def write_rows(rows: list[dict], path: Path):
+    """Per-(task, label) scores as CSV."""
+    columns = ["task_id", "label", "present", "predicted_fraction", "dice", "iou", "prelabel_dice", "prelabel_iou"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@dataclass(frozen=True)
+class SegmenterTraining:
+    """What ``train_on_export`` did: the report, the saved weights' id and the task counts."""
+
+    report: object
+    version: str
+    train_tasks: int
+    val_tasks: int
+    labels: list[str]
+
+
+def train_on_export(
+    export_dir: Path, out: Path, *, size: int = 128, epochs: int = 30, batch_size: int = 8,
+    learning_rate: float = 1e-3, filters: tuple[int, ...] = (16, 32, 64, 128), seed: int = 0,
+    augment: bool = True, val_fraction: float = 0.15, max_tasks: int | None = None, verbose: int = 2,
+) -> SegmenterTraining:
+    """Train a U-Net on the export's train split and save it (with its spec) to ``out``.
+
+    Validation uses the export's val split, or, when it is empty, ``val_fraction`` of the train
+    tasks; the test split is never read. ``max_tasks`` trains on a seeded subset of that many
+    train tasks (for learning curves).
+    """
+    import keras
+
+    from models.loading import save_model, weights_version
+    from models.segmentation import train_segmenter
+    from models.unet import build_unet
+
+    if out.suffix not in (".keras", ".h5"):
+        raise ValueError(f"--out must end in .keras or .h5, got {out.name!r}")
+    train = read_split(export_dir, "train")
+    if not train.rows:
+        raise ValueError(f"{export_dir}: the train split has no tasks")
+    images, masks = resized_pairs(train, (size, size))
+    if max_tasks is not None:
+        if max_tasks < 1:
+            raise ValueError(f"--max-tasks must be at least 1, got {max_tasks}")
+        keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:max_tasks])
+        images, masks = images[keep], masks[keep]
+    val = read_split(export_dir, "val")
+    if val.rows:
+        val_images, val_masks = resized_pairs(val, (size, size))
+    else:
+        fit, held = carve_validation(len(images), val_fraction, seed)
+        images, masks, val_images, val_masks = images[fit], masks[fit], images[held], masks[held]
+    keras.utils.set_random_seed(seed)  # the initial weights too, so that --seed reproduces a run
+    model, spec = build_unet(tuple(train.labels), (size, size), filters=tuple(filters))
+    report = train_segmenter(
+        model, spec, images, masks, val_images, val_masks, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, seed=seed, augment=augment, verbose=verbose,
+    )
+    save_model(model, spec, out)
+    return SegmenterTraining(report, weights_version(model), len(images), len(val_images), list(train.labels))
