@@ -430,6 +430,13 @@ def demo(
 
     from labeler.demo import start_demo
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # kill / timeout (SIGTERM), a closed terminal (SIGHUP) and Ctrl-C, even when started with `&`
+    # (which ignores SIGINT), all stop what the demo started, Label Studio and the backend.
+    for sig in (signals.SIGINT, signals.SIGTERM, signals.SIGHUP):
+        signals.signal(sig, interrupt)
     started = time.monotonic()
     running = start_demo(out, port or None, log=lambda line: console.print(f"[dim]{line}[/dim]"))
     studio = running.studio

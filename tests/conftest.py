@@ -99,3 +99,56 @@ def postgres_database(postgres_server):
         yield postgres_server.url_for(name)
     finally:
         postgres_server.drop_database(name)
+
+
+# --- The demo (labeler/demo.py) --------------------------------------------------------------
+# `labeler demo`'s set-up started once per session in a temporary folder, shared by
+# tests/test_demo.py and tests/test_browser.py. Instead of training the demo classifier (about
+# a minute) the folder gets a tiny untrained one whose bias makes it always say "opacity", so
+# every task is pre-labelled with regions. A start failure is raised (the tests error).
+class DemoRun:
+    """The session's running demo: ``demo`` (a `labeler.demo.Demo`), ``folder``, ``database_url``."""
+
+    def __init__(self, folder: Path):
+        from labeler.demo import start_demo
+
+        self.folder = folder
+        self.database_url = f"sqlite:///{folder / 'labeler.db'}"  # where labeler/demo.py puts it
+        self.demo = start_demo(folder, log=lambda line: None)
+
+    def restart(self):
+        """Stop the demo and start it again in the same folder (a rerun of ``labeler demo``)."""
+        from labeler.demo import start_demo
+
+        self.demo.stop()
+        self.demo = start_demo(self.folder, log=lambda line: None)
+        return self.demo
+
+
+def prepare_demo_folder(folder: Path) -> Path:
+    """A demo folder with its data and a tiny model that always says "opacity" (so ``labeler demo``
+    trains nothing): 5 opacity + 5 clear images, of which the demo imports 5 + 2."""
+    import keras
+    import numpy as np
+
+    from labeler.synthetic import write_dataset
+    from models.classifiers import build_small_cnn
+    from models.loading import save_classifier
+
+    write_dataset(folder / "data", per_class=5, size=96, seed=2)
+    keras.utils.set_random_seed(0)
+    model, spec = build_small_cnn(("clear", "opacity"), input_size=(64, 64), filters=(8, 16))
+    kernel, _ = model.get_layer("predictions").get_weights()
+    model.get_layer("predictions").set_weights([kernel, np.array([-5.0, 5.0], np.float32)])  # says "opacity"
+    save_classifier(model, spec, folder / "model.keras")  # the demo trains one only when missing
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The running demo (`DemoRun`): 7 tasks (5 opacity + 2 clear), all pre-labelled by the backend."""
+    run = DemoRun(prepare_demo_folder(tmp_path_factory.mktemp("demo")))
+    try:
+        yield run
+    finally:
+        run.demo.stop()

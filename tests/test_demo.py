@@ -1,46 +1,72 @@
 """``labeler demo``: Label Studio + backend + a demo project pre-labelled by the backend; a rerun
-reuses everything (same login, same project, nothing imported or predicted twice)."""
+reuses everything (same login, same project, nothing imported or predicted twice).
+
+The demo is the session's `demo_run` (tests/conftest.py), shared with tests/test_browser.py.
+"""
 from __future__ import annotations
 
-import keras
-import numpy as np
+import pytest
 from label_studio_sdk import LabelStudio
 
-from labeler.demo import start_demo
-from labeler.synthetic import write_dataset
-from models.classifiers import build_small_cnn
-from models.loading import save_classifier
+
+def test_demo_starts_and_pre_labels_every_task(demo_run):
+    demo = demo_run.demo
+    ls = LabelStudio(base_url=demo.studio.url, api_key=demo.studio.token)
+    tasks = list(ls.tasks.list(project=demo.project_id))
+    assert len(tasks) == 7  # 5 opacity + 2 clear
+    predictions = ls.predictions.list(project=demo.project_id)
+    assert sorted(p.task for p in predictions) == sorted(t.id for t in tasks)
+    assert len({p.model_version for p in predictions}) == 1 and "gradcam@features" in predictions[0].model_version
+    assert any(r["type"] == "brushlabels" for p in predictions for r in p.result)
 
 
-def test_demo_starts_pre_labels_and_restarts(tmp_path):
-    folder = tmp_path / "demo"
-    write_dataset(folder / "data", per_class=5, size=96, seed=2)
-    keras.utils.set_random_seed(0)
-    model, spec = build_small_cnn(("clear", "opacity"), input_size=(64, 64), filters=(8, 16))
-    kernel, _ = model.get_layer("predictions").get_weights()
-    model.get_layer("predictions").set_weights([kernel, np.array([-5.0, 5.0], np.float32)])  # says "opacity"
-    save_classifier(model, spec, folder / "model.keras")  # the demo trains one only when missing
+def test_demo_rerun_reuses_login_project_and_predictions(demo_run):
+    first = demo_run.demo
+    login = (first.studio.username, first.studio.password, first.studio.token)
+    second = demo_run.restart()
+    assert (second.studio.username, second.studio.password, second.studio.token) == login
+    assert second.project_id == first.project_id
+    ls = LabelStudio(base_url=second.studio.url, api_key=second.studio.token)
+    assert len(list(ls.tasks.list(project=second.project_id))) == 7
+    assert len(ls.predictions.list(project=second.project_id)) == 7
+    assert [m.url for m in ls.ml.list(project=second.project_id)] == [second.backend_url]
 
-    first = start_demo(folder, log=lambda line: None)
+
+def test_demo_command_stops_everything_on_sigterm(tmp_path):
+    """`labeler demo` killed (SIGTERM, as `kill` and `timeout` send) stops Label Studio and the backend."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    from conftest import prepare_demo_folder
+
+    folder = prepare_demo_folder(tmp_path / "demo")
+    labeler = Path(sys.executable).with_name("labeler")
+    process = subprocess.Popen(
+        [str(labeler), "demo", "--out", str(folder), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"},
+    )
+    output = []
     try:
-        ls = LabelStudio(base_url=first.studio.url, api_key=first.studio.token)
-        tasks = list(ls.tasks.list(project=first.project_id))
-        assert len(tasks) == 7  # 5 opacity + 2 clear
-        predictions = ls.predictions.list(project=first.project_id)
-        assert sorted(p.task for p in predictions) == sorted(t.id for t in tasks)
-        assert len({p.model_version for p in predictions}) == 1 and "gradcam@features" in predictions[0].model_version
-        assert any(r["type"] == "brushlabels" for p in predictions for r in p.result)
-        login = (first.studio.username, first.studio.password, first.studio.token)
+        for line in process.stdout:
+            output.append(line)
+            if "ML backend" in line:
+                break
+        text = "".join(output)
+        studio = re.search(r"Label Studio\s+(http://127\.0\.0\.1:\d+)", text)
+        backend = re.search(r"ML backend\s+(http://127\.0\.0\.1:\d+)", text)
+        assert studio and backend, text
+        assert httpx.get(f"{backend.group(1)}/health").status_code == 200
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
     finally:
-        first.stop()
-
-    second = start_demo(folder, log=lambda line: None)
-    try:
-        assert (second.studio.username, second.studio.password, second.studio.token) == login
-        assert second.project_id == first.project_id
-        ls = LabelStudio(base_url=second.studio.url, api_key=second.studio.token)
-        assert len(list(ls.tasks.list(project=second.project_id))) == 7
-        assert len(ls.predictions.list(project=second.project_id)) == 7
-        assert [m.url for m in ls.ml.list(project=second.project_id)] == [second.backend_url]
-    finally:
-        second.stop()
+        if process.poll() is None:
+            process.kill()
+    for url in (studio.group(1), backend.group(1)):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url, timeout=5)

@@ -1,0 +1,210 @@
+"""The annotator's view in a real headless Chromium: the demo's Grad-CAM pre-labels show in Label
+Studio's labelling view, and an annotation corrected and submitted there reaches our database.
+
+Debian's ``chromium`` and ``chromium-driver`` driven by Selenium; nothing is downloaded (both
+paths are given, SE_OFFLINE=true). Without them the test skips, except under CI=true where it
+fails (.ci/run installs them). Screenshots go to out/test-artifacts/.
+
+How a pre-label is seen: the demo's X-rays are gray, the regions are drawn in colour, so the
+coloured pixels of a screenshot over the image are the drawn regions. Each region is shown on
+its own (the others hidden with the regions panel's eye buttons) and must cover its place.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from label_studio_sdk import LabelStudio
+from PIL import Image, ImageDraw, ImageFilter
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from db import get_project, make_engine, revisions, session_factory
+from explain.rle import rle_to_mask
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "out" / "test-artifacts"
+TIMEOUT = 120  # seconds for any one wait: generous, for a loaded 2-core machine
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+MISSING = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+WHY_MISSING = f"{' and '.join(MISSING)} not found: install Debian's chromium and chromium-driver (.ci/run does)"
+KINDS = {"brush": "brushlabels", "polygon": "polygonlabels"}  # outliner node type -> result type
+
+pytestmark = pytest.mark.skipif(bool(MISSING) and not IN_CI, reason=WHY_MISSING)
+
+
+def start_chromium() -> webdriver.Chrome:
+    """Headless Chromium, 1600x1000, through /usr/bin/chromedriver; Selenium downloads nothing."""
+    os.environ["SE_OFFLINE"] = "true"  # belt and braces: with both paths given Selenium Manager never runs
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--no-proxy-server", "--window-size=1600,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(TIMEOUT)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A `start_chromium()` browser, quit at the end of the module."""
+    if MISSING:
+        pytest.fail(WHY_MISSING)  # only reached under CI
+    driver = start_chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver, until, message: str):
+    """Poll ``until(driver)`` until it is truthy (returned) or TIMEOUT passes (fails with message);
+    an element missing or replaced by a re-render meanwhile counts as not yet."""
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, TIMEOUT, poll_frequency=0.25, ignored_exceptions=ignored).until(until, message)
+
+
+def log_in(driver, url: str, username: str, password: str):
+    """Log in through Label Studio's login form."""
+    driver.get(f"{url}/user/login/")
+    wait(driver, lambda d: d.find_elements(By.NAME, "email"), "no login form")[0].send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(driver, lambda d: "/user/login" not in d.current_url, "the demo login was refused")
+
+
+def open_task(driver, url: str, project_id: int, task_id: int):
+    """Open the task in the labelling view; waits until the regions panel lists a brush and a polygon."""
+    driver.get(f"{url}/projects/{project_id}/data?task={task_id}")
+    wait(driver, lambda d: all(outliner_nodes(d, kind) for kind in KINDS),
+         f"task {task_id}: the regions panel never listed a brush and a polygon pre-label")
+
+
+def outliner_nodes(driver, kind: str) -> list:
+    """The regions panel's entries of one kind (brush, polygon)."""
+    return driver.find_elements(By.CSS_SELECTOR, f".lsf-tree__node_type_{kind}region")
+
+
+def toggle_visibility(driver, kind: str):
+    """Click the eye button of the (only) region of this kind in the regions panel."""
+
+    def click(d):
+        (node,) = outliner_nodes(d, kind)
+        button = node.find_element(By.CSS_SELECTOR, ".lsf-outliner-item__control_type_visibility button")
+        d.execute_script("arguments[0].click()", button)  # shown on hover only; no hover highlight
+        return True
+
+    wait(driver, click, f"no eye button on the {kind} region")
+
+
+def coloured(driver) -> np.ndarray:
+    """Screenshot of the displayed image, True where a pixel is coloured (the X-ray itself is gray)."""
+    shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")).astype(np.int16)
+    scale = driver.execute_script("return window.devicePixelRatio")
+    box = driver.find_element(By.CSS_SELECTOR, ".lsf-image").rect
+    left, top = round(box["x"] * scale), round(box["y"] * scale)
+    crop = shot[top:top + round(box["height"] * scale), left:left + round(box["width"] * scale)]
+    return crop.max(axis=-1) - crop.min(axis=-1) > 8
+
+
+def region_mask(result: dict, height: int, width: int) -> np.ndarray:
+    """Where a pre-label (brush or polygon result) lies on the image displayed at height x width."""
+    if result["type"] == "brushlabels":
+        mask = rle_to_mask(result["value"]["rle"], result["original_height"], result["original_width"])
+        shape = Image.fromarray(mask).resize((width, height), Image.NEAREST)
+    else:
+        shape = Image.new("L", (width, height))
+        points = [(x * width / 100, y * height / 100) for x, y in result["value"]["points"]]
+        ImageDraw.Draw(shape).polygon(points, fill=255)
+    return np.asarray(shape) > 0
+
+
+def drawn_in_place(driver, results: list[dict]) -> bool:
+    """The coloured pixels cover at least half of these regions and lie (nearly) all on them."""
+    seen = coloured(driver)
+    place = np.zeros(seen.shape, bool)
+    for result in results:
+        place |= region_mask(result, *seen.shape)
+    near = np.asarray(Image.fromarray(place).filter(ImageFilter.MaxFilter(9)))  # outline, antialiasing
+    return place.any() and (seen & place).sum() >= 0.5 * place.sum() and (seen & ~near).sum() <= 0.05 * place.sum()
+
+
+def screenshot(driver, name: str) -> Path:
+    """Save the browser's screenshot as out/test-artifacts/<name>.png."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+def pre_labelled_task(ls: LabelStudio, project_id: int) -> tuple[int, dict[str, list[dict]]]:
+    """A task not annotated yet whose prediction has one brush mask and one polygon: its id and
+    those results by kind."""
+    annotated = {task.id for task in ls.tasks.list(project=project_id) if task.total_annotations}
+    for prediction in sorted(ls.predictions.list(project=project_id), key=lambda p: p.task):
+        regions = {kind: [r for r in prediction.result if r["type"] == type_] for kind, type_ in KINDS.items()}
+        if prediction.task not in annotated and [len(found) for found in regions.values()] == [1, 1]:
+            return prediction.task, regions
+    pytest.fail(f"no task of project {project_id} is pre-labelled with one brush mask and one polygon")
+
+
+def test_annotator_sees_pre_labels_corrects_one_and_the_revision_is_stored(browser, demo_run):
+    demo, studio = demo_run.demo, demo_run.demo.studio
+    task_id, regions = pre_labelled_task(LabelStudio(base_url=studio.url, api_key=studio.token), demo.project_id)
+
+    log_in(browser, studio.url, studio.username, studio.password)
+    open_task(browser, studio.url, demo.project_id, task_id)
+    assert [len(outliner_nodes(browser, kind)) for kind in KINDS] == [1, 1]
+    wait(browser, lambda d: drawn_in_place(d, regions["brush"] + regions["polygon"]),
+         "the pre-labels are listed but not drawn over the image where the prediction puts them")
+    screenshot(browser, "annotator-view")
+
+    # each pre-label alone: hide both, then show one at a time
+    for kind in KINDS:
+        toggle_visibility(browser, kind)
+    wait(browser, lambda d: not coloured(d).any(), "hiding both pre-labels left colour over the X-ray")
+    for kind in KINDS:
+        toggle_visibility(browser, kind)
+        wait(browser, lambda d: drawn_in_place(d, regions[kind]), f"the {kind} pre-label is not drawn in its place")
+        toggle_visibility(browser, kind)
+        wait(browser, lambda d: not coloured(d).any(), f"the {kind} pre-label did not hide")
+    for kind in KINDS:
+        toggle_visibility(browser, kind)
+
+    # the correction: delete the polygon, keep the brush mask, submit
+    outliner_nodes(browser, "polygon")[0].find_element(By.CSS_SELECTOR, ".lsf-outliner-item").click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "button[aria-label='Delete selected region']"),
+         "selecting the polygon offered no delete button")[0].click()
+    wait(browser, lambda d: not outliner_nodes(d, "polygon"), "the polygon was not deleted")
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Submit current annotation']").click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='bottombar-update-button']"),
+         "after Submit the view never showed the saved annotation (its Update button)")
+    screenshot(browser, "annotator-view-submitted")
+
+    # Label Studio's webhook -> the backend -> our database
+    engine = make_engine(demo_run.database_url)
+    sessions = session_factory(engine)
+
+    def stored(_driver):
+        with sessions() as session:
+            project = get_project(session, demo.project_id)
+            return project and revisions(session, project, task_id)
+
+    try:
+        rows = wait(browser, stored, f"no annotation revision of task {task_id} reached {demo_run.database_url}")
+    finally:
+        engine.dispose()
+    assert [row.action for row in rows] == ["created"]
+    result = rows[0].result
+    assert sorted(r["type"] for r in result) == ["brushlabels", "choices"]  # the polygon is gone
+    (brush,) = (r for r in result if r["type"] == "brushlabels")
+    assert brush["value"]["rle"] == regions["brush"][0]["value"]["rle"]  # the brush mask as predicted
+    assert rows[0].completed_by is not None
