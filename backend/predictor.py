@@ -120,7 +120,7 @@ class Predictor:
         pipeline = Pipeline(loaded, prelabeler, self.settings.mixed_precision)
         device = f"GPU ({len(devices)})" if devices else "CPU"
         precision = "mixed float16" if self.settings.mixed_precision else "float32"
-        log.info("%s pipeline of %s loaded on %s (%s): %s", source, loaded.path.name, device, precision, pipeline.version)
+        log.info("model %s loaded on %s (%s), %s pre-labels: %s", loaded.path.name, device, precision, source, pipeline.version)
         return pipeline
 
     def warm_up_in_background(self):
