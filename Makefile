@@ -25,6 +25,8 @@ bench: setup
 	$(BIN)/python benchmarks/engine.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/backend.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/prelabel.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/cam_quality.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/segmenter_loop.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out

@@ -46,7 +46,7 @@ class Settings:
 
     model_path: Path
     database_url: str = "sqlite:///data/labeler.db"
-    cam_method: str = "gradcam"
+    cam_method: str = "layercam"  # chosen on the lesion benchmark's validation split (README)
     cam_layer: str | None = None
     cam_target: str = "predicted"
     cam_threshold: str = "fraction:0.2"

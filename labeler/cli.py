@@ -86,7 +86,7 @@ def explain(
     images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files.")],
     model: Annotated[Path, typer.Option(help="Classifier (.keras, .h5 or SavedModel folder) with its spec beside it.")],
     out: Annotated[Path, typer.Option(help="Folder for the pictures, masks and Label Studio JSON.")],
-    method: Method = "gradcam",
+    method: Method = "layercam",
     layer: Layer = None,
     target: TargetOption = "predicted",
     threshold: ThresholdOption = "fraction:0.2",
@@ -288,7 +288,7 @@ def import_command(
 def prelabel(
     model: Annotated[Path, typer.Option(help="Classifier with its spec beside it.")],
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    method: Method = "gradcam",
+    method: Method = "layercam",
     layer: Layer = None,
     target: TargetOption = "predicted",
     threshold: ThresholdOption = "fraction:0.2",

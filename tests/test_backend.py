@@ -94,7 +94,7 @@ def test_health_and_setup_name_the_model_version(client, settings, tmp_path, mod
     setup = client.post("/setup", json={"project": "7.1700000000", "schema": CONFIG, "hostname": "http://x", "access_token": "t"})
     assert setup.status_code == 200
     version = setup.json["model_version"]
-    assert version.startswith(f"{_weights(model_path)}-gradcam@features-")
+    assert version.startswith(f"{_weights(model_path)}-layercam@features-")
     assert "fraction0.3" in version
     other = make_settings(tmp_path / "b", model_path, documents, cam_method="gradcam++")
     (tmp_path / "b").mkdir()

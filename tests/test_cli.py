@@ -225,7 +225,7 @@ def test_explain_prints_the_models_probabilities(explained, trained):
         choice = next(r for r in task["predictions"][0]["result"] if r["type"] == "choices")
         assert choice["value"]["choices"] == [predicted]
         assert choice["score"] == pytest.approx(float(probabilities.max()), abs=1e-4)
-        assert task["predictions"][0]["model_version"].startswith(loaded.version + "-gradcam@features")
+        assert task["predictions"][0]["model_version"].startswith(loaded.version + "-layercam@features")
         assert image.name in stdout
         for name, p in zip(CLASSES, probabilities):
             assert re.search(rf"{name} {p:.3f}|{name} {p - 5e-4:.3f}|{name} {p + 5e-4:.3f}", stdout), (name, p, stdout)

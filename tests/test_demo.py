@@ -16,7 +16,7 @@ def test_demo_starts_and_pre_labels_every_task(demo_run):
     assert len(tasks) == 7  # 5 opacity + 2 clear
     predictions = ls.predictions.list(project=demo.project_id)
     assert sorted(p.task for p in predictions) == sorted(t.id for t in tasks)
-    assert len({p.model_version for p in predictions}) == 1 and "gradcam@features" in predictions[0].model_version
+    assert len({p.model_version for p in predictions}) == 1 and "layercam@features" in predictions[0].model_version
     assert any(r["type"] == "brushlabels" for p in predictions for r in p.result)
 
 

@@ -264,9 +264,9 @@ def test_backend_chooses_the_source_per_project(models, tmp_path):
     }
     versions = {project: answer["model_version"] for project, answer in answers.items()}
     segmenter_version = load_segmenter(segmenter_path).version
-    assert "gradcam@" in versions[7] and "segmenter:" not in versions[7]
+    assert "layercam@" in versions[7] and "segmenter:" not in versions[7]
     assert f"-segmenter:{segmenter_version}-value0.5" in versions[8]
-    assert f"-fusion:{segmenter_version}+gradcam@" in versions[9]
+    assert f"-fusion:{segmenter_version}+layercam@" in versions[9]
     assert len(set(versions.values())) == 3
     # project 8's brush pre-label is the U-Net's mask (regions above min area, holes filled)
     image = cv2.imread(str(documents / "xrays" / "img0.png"), cv2.IMREAD_GRAYSCALE)

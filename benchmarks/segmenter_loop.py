@@ -1,0 +1,302 @@
+"""The loop measured: does a U-Net trained on corrected masks pre-label better than Grad-CAM?
+
+Two data sets, each written as a ``labeler export --format png`` folder (images, index masks,
+manifest with patient-level splits, labels.json) so that the U-Nets are trained by the product's
+own ``labeler.segmenting.train_on_export`` (what ``labeler train-segmenter`` runs):
+
+(a) the lesion benchmark (``../shared/tools/lesion_bench``, built and split by
+    ``benchmarks/cam_quality.py`` at the strength its main table uses, 5 by default: its train split
+    minus a patient-level val split / val / its test split; the classifier is cam_quality's for
+    that strength). The "corrected masks" are the benchmark's true masks of the train images (clear images
+    have empty masks: they are corrected labels too).
+(b) the real radiologist lesion masks of ``../shared/data/cxr/lesions/`` (GGO, consolidation,
+    pneumothorax merged into one "Opacity" label; 60 images of 41 patients), split by
+    ``patient_key`` (seeded: about 25 % test, 15 % val).
+
+For each, U-Nets are trained on 10, 20, 40 and all of the train tasks (same number of gradient
+steps for every size, so that small sets are not under-trained), and every pre-label source of
+the backend is scored on the test split through ``explain.prelabel.Prelabeler``, exactly as the
+backend pre-labels: "gradcam" with the product's default settings (backend.config), "segmenter"
+and "fusion". The classifiers: (a) the cam_quality one (clear / opacity); (b) a small CNN trained
+with ``labeler train-classifier`` on the data set's covid / normal / pneumonia images, leaving
+out the test patients.
+
+    python benchmarks/segmenter_loop.py --out BENCHMARKS.md [--size 128] [--steps 400]
+
+Cached under ``.cache/segmenter-loop/``; results between ``<!-- segmenter-loop:start -->`` and
+``<!-- segmenter-loop:end -->``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import cam_quality  # noqa: E402  benchmarks/cam_quality.py
+from results import hardware, load_average, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache" / "segmenter-loop"
+CXR = ROOT.parent / "shared" / "data" / "cxr"
+LABEL = "Opacity"
+COUNTS = (10, 20, 40)
+SOURCES = ("gradcam", "segmenter", "fusion")
+VAL_TASKS = 48  # validation tasks kept per export: the U-Nets are validated every epoch
+MARKERS = ("<!-- segmenter-loop:start -->", "<!-- segmenter-loop:end -->")
+
+
+# ---------------------------------------------------------------- data sets as exports
+
+
+def write_export(folder: Path, tasks: list[dict]) -> Path:
+    """A png export of ``tasks`` (dicts with task_id, image (path), mask ((H, W) bool), split,
+    patient) in the layout ``labeler export`` writes; rewritten only when missing."""
+    from labeler.exporting import MANIFEST_COLUMNS
+
+    if (folder / "manifest.csv").is_file():
+        return folder
+    val = [t for t in tasks if t["split"] == "val"]
+    if len(val) > VAL_TASKS:  # a seeded subset: validating ~150 images every epoch costs more than training on 10
+        keep = {val[i]["task_id"] for i in np.random.default_rng(0).permutation(len(val))[:VAL_TASKS]}
+        tasks = [t for t in tasks if t["split"] != "val" or t["task_id"] in keep]
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(exist_ok=True)
+    rows = []
+    for t in tasks:
+        image = cv2.imread(str(t["image"]), cv2.IMREAD_GRAYSCALE)
+        if image.shape != t["mask"].shape:
+            raise ValueError(f"{t['image']}: image {image.shape} and mask {t['mask'].shape} differ")
+        cv2.imwrite(str(folder / "images" / f"{t['task_id']}.png"), image)
+        cv2.imwrite(str(folder / "masks" / f"{t['task_id']}.png"), t["mask"].astype(np.uint8))
+        rows.append({"task_id": t["task_id"], "image_file": f"images/{t['task_id']}.png",
+                     "mask_file": f"masks/{t['task_id']}.png", "width": image.shape[1], "height": image.shape[0],
+                     "patient": t["patient"], "split": t["split"]})
+    (folder / "labels.json").write_text(json.dumps({"background": 0, "labels": [LABEL]}) + "\n")
+    with open(folder / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, MANIFEST_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def lesion_bench_tasks(strength: float) -> list[dict]:
+    """The lesion benchmark (as cam_quality builds it) as tasks: train minus val / val / test."""
+    bench = cam_quality.build_bench(strength)
+    rows = cam_quality.bench_rows(bench)
+    val_ids = {r["id"] for r in cam_quality.val_split(rows)[1]}
+    return [
+        {"task_id": n + 1, "image": cam_quality.image_path(bench, r),
+         "mask": cam_quality.read_mask(cam_quality.image_path(bench, r, "masks")),
+         "split": "test" if r["split"] == "test" else ("val" if r["id"] in val_ids else "train"),
+         "patient": r["patient_key"], "label": r["label"]}
+        for n, r in enumerate(rows)
+    ]
+
+
+def real_lesion_tasks(seed: int = 0) -> list[dict]:
+    """The images with radiologist lesion masks (all lesion kinds merged), split by patient."""
+    if not (CXR / "lesions" / "annotations.csv").is_file():
+        raise SystemExit(f"{CXR}: the research data is not there (../shared/data/cxr)")
+    manifest = {r["id"]: r for r in csv.DictReader(open(CXR / "manifest.csv"))}
+    masks: dict[str, np.ndarray] = {}
+    for r in csv.DictReader(open(CXR / "lesions" / "annotations.csv")):
+        if r["kind"] != "mask":
+            continue
+        mask = cv2.imread(str(CXR / r["file"]), cv2.IMREAD_GRAYSCALE) > 127
+        masks[r["id"]] = masks[r["id"]] | mask if r["id"] in masks else mask
+    patients = sorted({manifest[i]["patient_key"] for i in masks})
+    order = list(np.random.default_rng(seed).permutation(patients))
+    n_test, n_val = round(0.25 * len(order)), round(0.15 * len(order))
+    split_of = {p: "test" if k < n_test else "val" if k < n_test + n_val else "train" for k, p in enumerate(order)}
+    return [
+        {"task_id": n + 1, "image": CXR / manifest[i]["file"], "mask": masks[i], "id": i,
+         "split": split_of[manifest[i]["patient_key"]], "patient": manifest[i]["patient_key"], "label": "opacity"}
+        for n, i in enumerate(sorted(masks))
+    ]
+
+
+def real_classifier(test_patients: set[str], epochs: int) -> Path:
+    """A small CNN (covid / normal / pneumonia) trained with ``labeler train-classifier`` on the
+    data set's images, leaving out the test patients; cached."""
+    out = CACHE / "real" / "classifier.keras"
+    if out.is_file():
+        return out
+    data = CACHE / "real" / "classifier-data"
+    for row in csv.DictReader(open(CXR / "manifest.csv")):
+        if row["label"] in ("covid", "normal", "pneumonia") and row["patient_key"] not in test_patients \
+                and row["file"].startswith("images/"):
+            (data / row["label"]).mkdir(parents=True, exist_ok=True)
+            link = data / row["label"] / Path(row["file"]).name
+            if not link.exists():
+                link.symlink_to((CXR / row["file"]).resolve())
+    command = [str(ROOT / ".venv" / "bin" / "labeler"), "train-classifier", str(data), "--out", str(out),
+               "--size", "128", "--epochs", str(epochs)]
+    print("  $", " ".join(command), file=sys.stderr)
+    subprocess.run(command, check=True)
+    return out
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train_curve(export: Path, counts, size: int, steps: int, batch_size: int, filters) -> dict[int, tuple[Path, float]]:
+    """One U-Net per train-set size (the same ~``steps`` gradient steps each): {n: (path, seconds)}."""
+    from labeler.segmenting import train_on_export
+
+    models = {}
+    folder = export.parent / f"unet-{size}px-{steps}steps-b{batch_size}-f{'_'.join(map(str, filters))}"
+    for n in counts:
+        out = folder / f"unet-{n}.keras"
+        timing = out.with_suffix(".seconds")
+        if not out.is_file():
+            epochs = max(5, math.ceil(steps / math.ceil(n / batch_size)))
+            print(f"  training a U-Net on {n} tasks for {epochs} epochs", file=sys.stderr)
+            started = time.perf_counter()
+            train_on_export(export, out, size=size, epochs=epochs, batch_size=batch_size, filters=filters,
+                            max_tasks=n, verbose=0, learning_rate=3e-3)
+            timing.write_text(f"{time.perf_counter() - started:.1f}\n")
+        models[n] = (out, float(timing.read_text()) if timing.is_file() else float("nan"))
+    return models
+
+
+def source_masks(classifier: Path, segmenter: Path | None, source: str, images) -> list[np.ndarray]:
+    """What the backend draws for each image from ``source``, with its default settings:
+    (H, W) bool per image, the union of the outlined regions."""
+    from backend.config import Settings
+    from backend.predictor import prelabel_settings
+    from explain.prelabel import Prelabeler
+    from models.loading import load_classifier, load_segmenter
+    from models.segmentation import Segmenter
+
+    loaded = load_classifier(classifier)
+    settings = prelabel_settings(Settings(model_path=classifier), source)
+    lesions = Segmenter(load_segmenter(segmenter)) if source != "gradcam" else None
+    prelabeler = Prelabeler(loaded.model, loaded.spec, settings, segmenter=lesions)
+    masks = []
+    for start in range(0, len(images), 16):
+        masks += cam_quality.masks_of(prelabeler(images[start : start + 16]))
+    return masks
+
+
+def run_loop(name: str, tasks: list[dict], classifier: Path, args) -> dict:
+    """Train the curve on ``tasks`` and score every source on its test split."""
+    export = write_export(CACHE / name / "export", tasks)
+    train_count = sum(t["split"] == "train" for t in tasks)
+    counts = [n for n in COUNTS if n < train_count] + [train_count]
+    models = train_curve(export, counts, args.size, args.steps, args.batch_size, tuple(args.filters))
+    test = [t for t in tasks if t["split"] == "test"]
+    images = cam_quality.load_images([t["image"] for t in test])
+    truths = [t["mask"] for t in test]
+    labels = [t["label"] for t in test]
+    scores = {"gradcam": cam_quality.score(source_masks(classifier, None, "gradcam", images), truths, labels)}
+    for n, (path, _) in models.items():
+        for source in ("segmenter", "fusion"):
+            scores[(source, n)] = cam_quality.score(source_masks(classifier, path, source, images), truths, labels)
+    return {"counts": counts, "scores": scores, "train_seconds": {n: s for n, (_, s) in models.items()},
+            "tasks": {split: sum(t["split"] == split for t in tasks) for split in ("train", "val", "test")},
+            "test_opacity": sum(label == "opacity" for label in labels)}
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(results: dict, args, seconds: float) -> str:
+    from backend.config import Settings
+
+    defaults = Settings(model_path=Path("x"))
+    lines = [
+        MARKERS[0],
+        "## Pre-label quality of the segmenter loop (issue 5)",
+        "",
+        f"{datetime.date.today().isoformat()}, {_machine()}, load average {load_average()}. "
+        f"Command: `.venv/bin/python benchmarks/segmenter_loop.py --out BENCHMARKS.md` "
+        f"(this run {seconds / 60:.0f} min; U-Nets and classifiers are cached, their training seconds are in the tables).",
+        "",
+        f"U-Net {args.size}x{args.size} px, filters {','.join(map(str, args.filters))}, BCE + Dice, "
+        f"about {args.steps} steps of batch {args.batch_size} per model whatever the train-set size, best validation "
+        f"loss kept. Grad-CAM: the product defaults (`CAM_METHOD={defaults.cam_method}`, "
+        f"`CAM_THRESHOLD={defaults.cam_threshold}`); segmenter and fusion: `SEGMENTER_THRESHOLD="
+        f"{defaults.segmenter_threshold}`. Every mask is what the backend would send (regions after "
+        "hole filling and small-region removal). Dice / IoU: means over the test images with a lesion "
+        "(empty prediction = 0); fp: mean predicted fraction of the clear test images.",
+        "",
+    ]
+    for name, title in ((f"bench-strength{args.strength:g}", f"(a) lesion benchmark at strength {args.strength:g}, test split"), ("real", "(b) real radiologist lesion masks, test patients")):
+        if name not in results:
+            continue
+        r = results[name]
+        s = r["scores"]
+        lines += [
+            f"### {title}",
+            "",
+            f"Tasks: {r['tasks']['train']} train / {r['tasks']['val']} val / {r['tasks']['test']} test "
+            f"({r['test_opacity']} test images with a lesion).",
+            "",
+            "| corrected masks trained on | segmenter Dice | IoU | fp | fusion Dice | IoU | fp | training s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n in r["counts"]:
+            seg, fus = s[("segmenter", n)], s[("fusion", n)]
+            lines.append(
+                f"| {n} | {seg['dice']:.3f} | {seg['iou']:.3f} | {_fp(seg)} | {fus['dice']:.3f} | {fus['iou']:.3f} | "
+                f"{_fp(fus)} | {r['train_seconds'][n]:.0f} |"
+            )
+        cam = s["gradcam"]
+        lines += ["", f"Grad-CAM pre-labels (the starting point) on the same images: Dice {cam['dice']:.3f}, "
+                  f"IoU {cam['iou']:.3f}, fp {_fp(cam)}.", ""]
+    lines.append(MARKERS[1])
+    return "\n".join(lines)
+
+
+def _machine() -> str:
+    facts = hardware()
+    return f"{facts['cpu']}, {facts['cores']} cores, {facts['ram_gib']:.0f} GiB"
+
+
+def _fp(scores: dict) -> str:
+    return "n/a" if math.isnan(scores["fp"]) else f"{scores['fp']:.4f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="Markdown file to write the section into.")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--filters", type=lambda s: [int(v) for v in s.split(",")], default=[16, 32, 64, 128])
+    parser.add_argument("--classifier-epochs", type=int, default=20)
+    parser.add_argument("--only", choices=("bench", "real"))
+    parser.add_argument("--strength", type=float, default=cam_quality.DEFAULT_STRENGTH, help="lesion benchmark strength")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = {}
+    if args.only in (None, "bench"):
+        classifier = cam_quality.classifier(args.strength)["path"]
+        results[f"bench-strength{args.strength:g}"] = run_loop(f"bench-strength{args.strength:g}", lesion_bench_tasks(args.strength), classifier, args)
+    if args.only in (None, "real"):
+        tasks = real_lesion_tasks()
+        classifier = real_classifier({t["patient"] for t in tasks if t["split"] == "test"}, args.classifier_epochs)
+        results["real"] = run_loop("real", tasks, classifier, args)
+    text = report(results, args, time.perf_counter() - started)
+    print(text)
+    if args.out:
+        write_section(args.out, *MARKERS, text)
+
+
+if __name__ == "__main__":
+    main()
