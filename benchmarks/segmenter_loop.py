@@ -229,7 +229,7 @@ def report(results: dict, args, seconds: float) -> str:
         "",
         f"U-Net {args.size}x{args.size} px, filters {','.join(map(str, args.filters))}, BCE + Dice, "
         f"about {args.steps} steps of batch {args.batch_size} per model whatever the train-set size, best validation "
-        f"loss kept. Grad-CAM: the product defaults (`CAM_METHOD={defaults.cam_method}`, "
+        f"loss kept (validated on a seeded {VAL_TASKS} of the val tasks where there are more). Grad-CAM: the product defaults (`CAM_METHOD={defaults.cam_method}`, "
         f"`CAM_THRESHOLD={defaults.cam_threshold}`); segmenter and fusion: `SEGMENTER_THRESHOLD="
         f"{defaults.segmenter_threshold}`. Every mask is what the backend would send (regions after "
         "hole filling and small-region removal). Dice / IoU: means over the test images with a lesion "
