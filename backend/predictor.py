@@ -97,12 +97,18 @@ class Predictor:
             self._models[name] = load()
         return self._models[name]
 
-    def _build(self, source: str) -> Pipeline:
+    @staticmethod
+    def _gpus() -> list:
+        """The GPUs, set to grow their memory as needed (once, before the first model is built)."""
         import tensorflow as tf
 
         devices = tf.config.list_physical_devices("GPU")
         for gpu in devices:
             tf.config.experimental.set_memory_growth(gpu, True)
+        return devices
+
+    def _build(self, source: str) -> Pipeline:
+        devices = self._model("gpus", self._gpus)
         loaded = self._model("classifier", lambda: load_classifier(self.settings.model_path))
         model = loaded.model
         if self.settings.mixed_precision:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import functools
 import json
 import math
 import os
@@ -183,14 +184,20 @@ def source_masks(classifier: Path, segmenter: Path | None, source: str, images) 
     from models.loading import load_classifier, load_segmenter
     from models.segmentation import Segmenter
 
-    loaded = load_classifier(classifier)
+    loaded = _loaded(load_classifier, classifier)
     settings = prelabel_settings(Settings(model_path=classifier), source)
-    lesions = Segmenter(load_segmenter(segmenter)) if source != "gradcam" else None
+    lesions = Segmenter(_loaded(load_segmenter, segmenter)) if source != "gradcam" else None
     prelabeler = Prelabeler(loaded.model, loaded.spec, settings, segmenter=lesions)
     masks = []
     for start in range(0, len(images), 16):
         masks += cam_quality.masks_of(prelabeler(images[start : start + 16]))
     return masks
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded(load, path: Path):
+    """Each model file read once per run (every source and curve point reuses it)."""
+    return load(path)
 
 
 def run_loop(name: str, tasks: list[dict], classifier: Path, args) -> dict:

@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
 import pytest
 import requests
@@ -29,29 +28,15 @@ from sqlalchemy import func, select
 
 from db.engine import make_engine, session_factory
 from db.schema import AnnotationRevision, Failure, Prediction, Project, Task
-from models.classifiers import build_small_cnn
-from models.loading import save_classifier
 from postgres import _free_port as free_port
+from test_backend import CONFIG, model_path  # noqa: F401  (model_path: the same tiny-model fixture)
 
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <Choices name="diagnosis" toName="image"><Choice value="covid"/><Choice value="normal"/><Choice value="pneumonia"/></Choices>
-  <BrushLabels name="mask" toName="image"><Label value="Opacity"/></BrushLabels>
-  <PolygonLabels name="outline" toName="image"><Label value="Opacity"/></PolygonLabels>
-</View>"""
 WORKERS, THREADS = 3, 2
 PREDICT_REQUESTS = 24
 CREATED, UPDATED, DUPLICATES = 40, 10, 10  # 60 webhooks, 50 distinct revisions
 CLIENTS = 12
 START_TIMEOUT_S = 120
 IMAGES = 4
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    keras.utils.set_random_seed(0)
-    model, spec = build_small_cnn(("covid", "normal", "pneumonia"), input_size=(32, 32), filters=(4, 8))
-    return save_classifier(model, spec, tmp_path_factory.mktemp("model") / "cnn.keras")
 
 
 @pytest.fixture
