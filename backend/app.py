@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from dataclasses import dataclass
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -17,19 +18,36 @@ from backend.config import Settings
 from explain.fetch import ImageFetcher, LabelStudioAuth
 from explain.labeling import plan_for
 from backend.metrics import Metrics
-from backend.predict import BadRequest, parse_project_id, predict_tasks, validate_tasks
+from backend.predict import (
+    BadRequest, StorageUnavailable, parse_project_id, predict_tasks, project_key, validate_tasks, webhook_project_key,
+)
 from backend.predictor import ModelUnavailable, Predictor, prelabel_settings
 from backend.webhooks import handle_event
 from db import repository
+from db.identity import label_studio_identity
 from db.engine import make_engine, session_factory
 from db.migrating import migrate
 
 log = logging.getLogger("backend")
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Where one Label Studio project lives: its identity (the database key, see
+    `db.identity`), base URL and access token (None where unknown)."""
+
+    identity: str
+    url: str | None
+    token: str | None
+
+
 class Backend:
-    """Per-process state: settings, database sessions, the lazily loaded model, metrics and the
-    Label Studio connection details learnt from /setup."""
+    """Per-process state: settings, database sessions, the lazily loaded model and metrics.
+
+    Which Label Studio a request comes from: LABEL_STUDIO_URL when set (the only one then; a
+    /setup may only add the token LABEL_STUDIO_API_KEY does not give), else what an
+    authenticated /setup told for that project, kept in the database for every worker.
+    """
 
     def __init__(self, settings: Settings):
         for source in settings.sources:  # fail at start on a bad setting, not on the first task
@@ -40,18 +58,56 @@ class Backend:
         self.predictor = Predictor(settings)
         self.metrics = Metrics()
         self._plans: dict[str, object] = {}
-        self._label_studio = (settings.label_studio_url, settings.label_studio_api_key)
+        self._auths: dict[tuple[str, str], LabelStudioAuth] = {}
+        self.configured = label_studio_identity(settings.label_studio_url)
+        if not settings.label_studio_url and not settings.basic_auth_user:
+            log.warning(
+                "LABEL_STUDIO_URL is not set and /setup is unauthenticated: /setup cannot choose where "
+                "tokens go, so images stored in Label Studio are read only from LOCAL_FILES_DOCUMENT_ROOT"
+            )
 
-    def learn_label_studio(self, hostname: str | None, token: str | None):
-        """/setup tells where Label Studio is and a token; environment settings take precedence."""
-        url, key = self._label_studio
-        self._label_studio = (url or (hostname or "").rstrip("/") or None, key or token or None)
+    def learn_label_studio(self, project_key: str | None, hostname, token):
+        """Record what /setup told for one project (see the class docstring); anything else is ignored."""
+        token = token if isinstance(token, str) and token else None
+        if project_key is None or token is None:
+            return
+        if self.settings.label_studio_url:
+            if self.settings.label_studio_api_key:
+                return
+            identity, url = self.configured, self.settings.label_studio_url  # tokens only go to the configured one
+        elif self.settings.basic_auth_user and isinstance(hostname, str):
+            try:
+                identity = label_studio_identity(hostname)
+            except ValueError as exc:
+                raise BadRequest(f"hostname: {exc}") from None
+            url = hostname.strip().rstrip("/")
+        else:
+            return
+        with self.sessions.begin() as session:
+            repository.save_link(session, project_key, identity, url, token)
 
-    def fetcher(self) -> ImageFetcher:
-        url, key = self._label_studio
-        auth = LabelStudioAuth(url, key, self.settings.fetch_timeout) if url and key else None
+    def connection(self, project_key: str | None) -> Connection:
+        """The Label Studio of a project key ("<id>.<epoch>", None when unknown)."""
+        settings = self.settings
+        if settings.label_studio_url and settings.label_studio_api_key:
+            return Connection(self.configured, settings.label_studio_url, settings.label_studio_api_key)
+        link = None
+        if project_key is not None:
+            with self.sessions() as session:
+                link = repository.get_link(session, project_key)
+        if settings.label_studio_url:
+            return Connection(self.configured, settings.label_studio_url, link.token if link else None)
+        return Connection(link.label_studio, link.url, link.token) if link else Connection("", None, None)
+
+    def fetcher(self, connection: Connection) -> ImageFetcher:
+        auth = None
+        if connection.url and connection.token:
+            key = (connection.url, connection.token)
+            if key not in self._auths:  # one per token: a personal access token is refreshed, not re-fetched per request
+                self._auths[key] = LabelStudioAuth(connection.url, connection.token, self.settings.fetch_timeout)
+            auth = self._auths[key]
         return ImageFetcher(
-            url, auth, self.settings.local_files_document_root, self.settings.allowed_image_hosts,
+            connection.url, auth, self.settings.local_files_document_root, self.settings.allowed_image_hosts,
             self.settings.max_image_bytes, self.settings.fetch_timeout,
         )
 
@@ -95,15 +151,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.post("/setup")
     def setup():
         body = _body()
-        backend.learn_label_studio(body.get("hostname"), body.get("access_token"))
         project_id = parse_project_id(body.get("project"))
+        key = project_key(body.get("project"))
+        backend.learn_label_studio(key, body.get("hostname"), body.get("access_token"))
         pipeline = backend.predictor.get(settings.source_for(project_id))
         config = body.get("schema")
         if config:
             backend.plan(config, pipeline.class_names)
         if project_id is not None:
+            identity = backend.connection(key).identity
             with backend.sessions.begin() as session:
-                repository.upsert_project(session, project_id, label_config=config or None)
+                _or_bad_request(repository.upsert_project, session, project_id, label_config=config or None, label_studio=identity)
         backend.metrics.set_model_version(pipeline.version)
         return jsonify(model_version=pipeline.version)
 
@@ -112,20 +170,25 @@ def create_app(settings: Settings | None = None) -> Flask:
         body = _body()
         tasks = validate_tasks(body)
         project_id = parse_project_id(body.get("project"))
+        connection = backend.connection(project_key(body.get("project")))
         pipeline = backend.predictor.get(settings.source_for(project_id))
-        config = body.get("label_config") or _stored_config(backend, project_id)
+        config = body.get("label_config") or _stored_config(backend, project_id, connection.identity)
         if not config:
             raise BadRequest("label_config is missing and no /setup was received for this project")
         plan = backend.plan(config, pipeline.class_names)
         backend.metrics.set_model_version(pipeline.version)
-        results = predict_tasks(tasks, project_id, plan, pipeline, backend.fetcher(), backend.sessions, backend.metrics)
+        results = predict_tasks(
+            tasks, project_id, plan, pipeline, backend.fetcher(connection), backend.sessions, backend.metrics,
+            label_studio=connection.identity,
+        )
         return jsonify(results=results, model_version=pipeline.version)
 
     @app.post("/webhook")
     def webhook():
         body = _body()
+        identity = backend.connection(webhook_project_key(body)).identity
         with backend.sessions.begin() as session:
-            summary = handle_event(session, body)
+            summary = _or_bad_request(handle_event, session, body, label_studio=identity)
         return jsonify(summary)
 
     @app.get("/metrics")
@@ -136,6 +199,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     def bad_request(exc):
         backend.metrics.failures.labels(kind="bad_request").inc()
         return _error(str(exc), 400)
+
+    @app.errorhandler(StorageUnavailable)
+    def storage_unavailable(exc):
+        return _error(str(exc), 503)
 
     @app.errorhandler(ModelUnavailable)
     def model_unavailable(exc):
@@ -179,9 +246,18 @@ def _authorised(req, settings: Settings) -> bool:
     )
 
 
-def _stored_config(backend: Backend, project_id: int | None) -> str | None:
+def _stored_config(backend: Backend, project_id: int | None, identity: str) -> str | None:
     if project_id is None:
         return None
     with backend.sessions() as session:
-        project = repository.get_project(session, project_id)
+        project = _or_bad_request(repository.get_project, session, project_id, identity)
         return project.label_config if project else None
+
+
+def _or_bad_request(function, *args, **kwargs):
+    """``function(*args, **kwargs)``; its ValueError (e.g. a project id that several Label Studios
+    share while this one is unknown) answered as a 400 naming the problem."""
+    try:
+        return function(*args, **kwargs)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None

@@ -16,6 +16,7 @@ from explain.labeling import LabelingPlan
 from backend.metrics import Metrics
 from backend.predictor import Pipeline
 from db import repository
+from db.timestamps import parse_ls_time
 from explain.images import ImageError, load_image
 from explain.labelstudio import prelabel_results
 
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 class BadRequest(ValueError):
     """The request body is malformed; the message names the problem (answered as HTTP 400)."""
+
+
+class StorageUnavailable(Exception):
+    """The database refused a batch; nothing of it is answered (HTTP 503, Label Studio retries)."""
 
 
 @dataclass
@@ -44,6 +49,28 @@ def parse_project_id(value) -> int | None:
         return int(str(value).split(".", 1)[0])
     except ValueError:
         raise BadRequest(f"project must look like '<id>.<timestamp>', got {str(value)[:40]!r}") from None
+
+
+def project_key(value) -> str | None:
+    """Label Studio's key of a project, ``"<id>.<created epoch>"`` (unique across Label Studios in
+    practice), or None when ``value`` carries no creation time."""
+    if not isinstance(value, str) or "." not in value:
+        return None
+    project_id = parse_project_id(value)
+    epoch = value.split(".", 1)[1]
+    return f"{project_id}.{int(epoch)}" if epoch.isdigit() and len(epoch) <= 12 else None
+
+
+def webhook_project_key(body: dict) -> str | None:
+    """The project key of a webhook payload, from its project's id and ``created_at``."""
+    project = body.get("project")
+    if not isinstance(project, dict) or not isinstance(project.get("id"), int) or isinstance(project.get("id"), bool):
+        return None
+    try:
+        created = parse_ls_time(project.get("created_at"))
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return f"{project['id']}.{int(created.timestamp())}" if created else None
 
 
 def validate_tasks(body: dict) -> list[dict]:
@@ -84,8 +111,10 @@ def predict_tasks(
     fetcher: ImageFetcher,
     sessions,
     metrics: Metrics,
+    label_studio: str = "",
 ) -> list[dict]:
-    """One Label Studio prediction per task, in order (see the module docstring)."""
+    """One Label Studio prediction per task, in order (see the module docstring); stored under
+    the project of Label Studio ``label_studio`` (a `db.identity` string, "" when unknown)."""
     watch = Stopwatch(metrics)
     items = [TaskImage(n, task["id"], task["data"].get(plan.data_key)) for n, task in enumerate(tasks)]
     for item in items:
@@ -108,10 +137,14 @@ def predict_tasks(
             }
     with watch.stage("database"):
         try:
-            _store(sessions, project_id, items, dict(zip((i.index for i in good), prelabels)), answers, pipeline)
-        except Exception as exc:  # the pre-labels still reach Label Studio; the loss is logged and counted
+            _store(sessions, project_id, items, dict(zip((i.index for i in good), prelabels)), answers, pipeline, label_studio)
+        except Exception as exc:
+            # Database first: what we could not store is not answered either, so Label Studio stores
+            # nothing and asks again later instead of holding predictions our database lacks.
             metrics.failures.labels(kind="database").inc()
-            log.error("storing %d predictions failed: %s", len(items), type(exc).__name__)
+            reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+            log.error("storing %d predictions failed: %s", len(items), reason[:300])
+            raise StorageUnavailable(f"the predictions could not be stored: {reason[:300]}") from None
     for item in items:
         if item.failure:
             metrics.failures.labels(kind=item.failure[0]).inc()
@@ -134,7 +167,7 @@ def _load(item: TaskImage, fetcher: ImageFetcher, watch: Stopwatch):
         log.warning("%s", item.failure[1])
 
 
-def _store(sessions, project_id, items, prelabels, answers, pipeline: Pipeline):
+def _store(sessions, project_id, items, prelabels, answers, pipeline: Pipeline, label_studio: str):
     """Every prediction and failure of the batch, in one transaction."""
     if project_id is None:
         return
@@ -149,5 +182,6 @@ def _store(sessions, project_id, items, prelabels, answers, pipeline: Pipeline):
     failures = [(item.task_id, *item.failure) for item in items if item.failure]
     with sessions.begin() as session:
         repository.store_predictions(
-            session, project_id, pipeline.version, pipeline.loaded.version, pipeline.settings, records, failures
+            session, project_id, pipeline.version, pipeline.loaded.version, pipeline.settings, records, failures,
+            label_studio=label_studio,
         )

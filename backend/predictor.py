@@ -34,25 +34,26 @@ def prelabel_settings(settings: Settings, source: str = "gradcam") -> PrelabelSe
         target=Target.parse(settings.cam_target),
         regions=RegionSettings(threshold, min_area=settings.cam_min_area, max_vertices=settings.cam_max_vertices),
         source=source,
+        precision="mixed_float16" if settings.mixed_precision else "float32",
     )
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A loaded model and its pre-labeller; ``version`` names the weights and every setting."""
+    """A loaded model and its pre-labeller; ``version`` names the weights and every setting, the
+    same name and settings as ``labeler prelabel`` records for the same model and settings."""
 
     loaded: LoadedModel
     prelabeler: Prelabeler
-    mixed_precision: bool = False
 
     @property
     def version(self) -> str:
-        return self.prelabeler.version(self.loaded.version) + ("-fp16" if self.mixed_precision else "")
+        return self.prelabeler.version(self.loaded.version)
 
     @property
     def settings(self) -> dict:
         """Every output-changing setting, as JSON-able values (stored with the model version)."""
-        return {**self.prelabeler.recorded_settings, "mixed_precision": self.mixed_precision}
+        return self.prelabeler.recorded_settings
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -123,7 +124,7 @@ class Predictor:
         )
         height, width = loaded.spec.input_size
         prelabeler([np.zeros((height, width, 3), np.float32)])  # trace the compiled graph now, not on a task
-        pipeline = Pipeline(loaded, prelabeler, self.settings.mixed_precision)
+        pipeline = Pipeline(loaded, prelabeler)
         device = f"GPU ({len(devices)})" if devices else "CPU"
         precision = "mixed float16" if self.settings.mixed_precision else "float32"
         log.info("model %s loaded on %s (%s), %s pre-labels: %s", loaded.path.name, device, precision, source, pipeline.version)

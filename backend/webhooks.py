@@ -13,17 +13,17 @@ HANDLED = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "A
            "TASKS_DELETED", "PROJECT_UPDATED")
 
 
-def handle_event(session, body: dict) -> dict:
-    """Apply one webhook payload; returns a small JSON-able summary of what was stored."""
+def handle_event(session, body: dict, label_studio: str = "") -> dict:
+    """Apply one webhook payload from Label Studio ``label_studio`` (a `db.identity` string, ""
+    when unknown); returns a small JSON-able summary of what was stored."""
     action = body.get("action")
     if not isinstance(action, str):
         raise BadRequest("webhook body needs an 'action'")
     if action not in HANDLED:
         return {"status": "ignored", "action": action}
     project_id = _project_id(body)
-    project = repository.upsert_project(
-        session, project_id, **_project_fields(body.get("project")) if action == "PROJECT_UPDATED" else {}
-    )
+    fields = _project_fields(body.get("project")) if action == "PROJECT_UPDATED" else {}
+    project = repository.upsert_project(session, project_id, label_studio=label_studio, **fields)
     if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
         kind = "created" if action == "ANNOTATION_CREATED" else "updated"
         stored = _revision(session, project, body.get("annotation"), body.get("task"), kind)

@@ -16,11 +16,14 @@ def revision_fingerprint(
     action: str,
     ls_updated_at: str | datetime | None,
     result: Any,
+    label_studio: str = "",
 ) -> str:
-    """sha256 hex (64 chars) of the Label Studio ids, action, update time and result JSON.
+    """sha256 hex (64 chars) of the Label Studio identity and ids, action, update time and result JSON.
 
     Equal for every delivery of the same revision: keys are sorted and the time is
-    normalised to UTC, so the same payload always hashes the same.
+    normalised to UTC, so the same payload always hashes the same. ``label_studio`` (see
+    `db.identity`) keeps two Label Studios' same-numbered annotations apart; "" (unknown) hashes
+    as before it existed.
     """
     updated = parse_ls_time(ls_updated_at)
     parts = [
@@ -31,4 +34,6 @@ def revision_fingerprint(
         None if updated is None else updated.isoformat(),
         result,
     ]
+    if label_studio:
+        parts.append(label_studio)
     return hashlib.sha256(canonical(parts).encode()).hexdigest()

@@ -24,6 +24,7 @@ from .schema import (
     REVISION_ACTIONS,
     AnnotationRevision,
     Failure,
+    LabelStudioLink,
     ModelVersion,
     Prediction,
     Project,
@@ -50,23 +51,42 @@ def _add_unique(session: Session, row: _Row, find: Callable[[], _Row | None]) ->
     return row
 
 
-def get_project(session: Session, ls_project_id: int) -> Project | None:
-    """The project with this Label Studio id, or None."""
-    return session.scalars(select(Project).where(Project.ls_project_id == ls_project_id)).first()
+def get_project(session: Session, ls_project_id: int, label_studio: str | None = None) -> Project | None:
+    """The project with this Label Studio id in the Label Studio ``label_studio`` (a
+    `db.identity.label_studio_identity`), or None.
+
+    A known identity also finds a row recorded before its Label Studio was known (identity "");
+    ``None`` or "" finds the one project with this id whatever its Label Studio, and raises
+    ValueError when several Label Studios have one.
+    """
+    rows = list(session.scalars(select(Project).where(Project.ls_project_id == ls_project_id).order_by(Project.id)))
+    if label_studio:
+        return next((p for p in rows if p.label_studio == label_studio), None) or next(
+            (p for p in rows if p.label_studio == ""), None
+        )
+    if len(rows) > 1:
+        names = ", ".join(p.label_studio or "(unknown)" for p in rows)
+        raise ValueError(f"project {ls_project_id} exists in several Label Studios ({names}): name one (LABEL_STUDIO_URL)")
+    return rows[0] if rows else None
 
 
 def upsert_project(
-    session: Session, ls_project_id: int, title: str | None = None, label_config: str | None = None
+    session: Session,
+    ls_project_id: int,
+    title: str | None = None,
+    label_config: str | None = None,
+    label_studio: str = "",
 ) -> Project:
-    """The project with this Label Studio id, created when new; a given title or labelling
-    config replaces the stored one and moves ``updated_at``."""
-    project = get_project(session, ls_project_id)
+    """The project with this Label Studio id (see `get_project`), created when new; a given title
+    or labelling config replaces the stored one and moves ``updated_at``. A row recorded before
+    its Label Studio was known takes on a known ``label_studio``."""
+    project = get_project(session, ls_project_id, label_studio)
     if project is None:
-        new = Project(ls_project_id=ls_project_id, title=title, label_config=label_config)
-        project = _add_unique(session, new, lambda: get_project(session, ls_project_id))
+        new = Project(label_studio=label_studio, ls_project_id=ls_project_id, title=title, label_config=label_config)
+        project = _add_unique(session, new, lambda: get_project(session, ls_project_id, label_studio))
     changes = {
         name: value
-        for name, value in (("title", title), ("label_config", label_config))
+        for name, value in (("title", title), ("label_config", label_config), ("label_studio", label_studio or None))
         if value is not None and getattr(project, name) != value
     }
     if changes:
@@ -271,7 +291,7 @@ def add_annotation_revision(
     if fingerprint is None:
         fingerprint = revision_fingerprint(
             task.project.ls_project_id, task.ls_task_id, ls_annotation_id, action, updated_at,
-            result_json,
+            result_json, task.project.label_studio,
         )
     if _fingerprint_exists(session, fingerprint):
         return None
@@ -492,10 +512,11 @@ def store_predictions(
     settings: Mapping[str, Any],
     records: Sequence[PredictionRecord],
     failures: Sequence[tuple[int, str, str]] = (),
+    label_studio: str = "",
 ) -> Project:
     """A batch of pre-labels (one prediction row per explained class, or one without a heatmap)
     and of failures ``(ls_task_id, kind, message)``, shared by the backend and ``labeler prelabel``."""
-    project = upsert_project(session, ls_project_id)
+    project = upsert_project(session, ls_project_id, label_studio=label_studio)
     version = model_version(session, version_name, weights_id, settings)
     for record in records:
         task = live_task(
@@ -509,3 +530,57 @@ def store_predictions(
     for ls_task_id, kind, message in failures:
         add_failure(session, kind, message, project=project, ls_task_id=ls_task_id)
     return project
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """What was sent (or was about to be sent) to Label Studio for one task by one model version."""
+
+    ls_task_id: int
+    image_uri: str
+    results: list[dict[str, Any]]
+    score: float
+
+
+def stored_answers(
+    session: Session, project: Project, version_name: str, ls_task_ids: Iterable[int]
+) -> dict[int, StoredAnswer]:
+    """The newest stored answer of model version ``version_name`` for each of these live tasks
+    that has one (by Label Studio task id); how ``labeler prelabel`` reposts, after a crash,
+    predictions our database holds but Label Studio never received."""
+    ids = sorted({int(i) for i in ls_task_ids})
+    answers: dict[int, StoredAnswer] = {}
+    for start in range(0, len(ids), 500):  # bounded IN lists
+        rows = session.execute(
+            select(Task.ls_task_id, Task.image_uri, Prediction.results, Prediction.score)
+            .join(Prediction, Prediction.task_id == Task.id)
+            .join(ModelVersion, Prediction.model_version_id == ModelVersion.id)
+            .where(
+                Task.project_id == project.id,
+                Task.deleted_at.is_(None),
+                Task.ls_task_id.in_(ids[start : start + 500]),
+                ModelVersion.name == version_name,
+            )
+            .order_by(Prediction.id)
+        )
+        for ls_task_id, image_uri, results, score in rows:
+            answers[ls_task_id] = StoredAnswer(ls_task_id, image_uri, results, score)
+    return answers
+
+
+def get_link(session: Session, project_key: str) -> LabelStudioLink | None:
+    """What /setup told about the Label Studio project ``project_key`` ("<id>.<epoch>"), or None."""
+    return session.scalars(select(LabelStudioLink).where(LabelStudioLink.project_key == project_key)).first()
+
+
+def save_link(session: Session, project_key: str, label_studio: str, url: str, token: str | None) -> LabelStudioLink:
+    """Record (or replace) the Label Studio base URL and token of one Label Studio project."""
+    link = get_link(session, project_key)
+    if link is None:
+        new = LabelStudioLink(project_key=project_key, label_studio=label_studio, url=url, token=token)
+        link = _add_unique(session, new, lambda: get_link(session, project_key))
+    if (link.label_studio, link.url, link.token) != (label_studio, url, token):
+        link.label_studio, link.url, link.token = label_studio, url, token
+        link.updated_at = utcnow()
+        session.flush()
+    return link

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -48,12 +49,15 @@ class Base(DeclarativeBase):
 
 
 class Project(Base):
-    """A Label Studio project."""
+    """A Label Studio project, keyed by the Label Studio it lives in (``label_studio``, a
+    normalised base URL from `db.identity`; "" when unknown) and its id there."""
 
     __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("label_studio", "ls_project_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ls_project_id: Mapped[int] = mapped_column(Integer, unique=True)
+    label_studio: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    ls_project_id: Mapped[int] = mapped_column(Integer)
     title: Mapped[str | None] = mapped_column(String(255))
     label_config: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -183,3 +187,19 @@ class Failure(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     project: Mapped[Project | None] = relationship()
+
+
+class LabelStudioLink(Base):
+    """What a Label Studio told the backend in /setup for one of its projects: its identity (see
+    `db.identity`), base URL and access token, keyed by Label Studio's project key
+    ``"<id>.<created epoch>"``. Kept here so that every backend worker reads the same; replaced
+    only through an authenticated /setup (see RELIABILITY.md)."""
+
+    __tablename__ = "label_studio_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_key: Mapped[str] = mapped_column(String(64), unique=True)
+    label_studio: Mapped[str] = mapped_column(String(255))
+    url: Mapped[str] = mapped_column(String(255))
+    token: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

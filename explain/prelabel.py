@@ -21,6 +21,7 @@ from explain.labeling import NEGATIVE_CLASSES
 from explain.regions import Region, RegionSettings, extract_regions
 
 SOURCES = ("gradcam", "segmenter", "fusion")
+PRECISIONS = ("float32", "mixed_float16")
 
 
 class InputSpec(Protocol):
@@ -54,21 +55,26 @@ class PrelabelSettings:
     target: Target = field(default_factory=Target)
     regions: RegionSettings = field(default_factory=RegionSettings)
     source: str = "gradcam"
+    precision: str = "float32"  # "mixed_float16": the classifier computes in float16 (backend MIXED_PRECISION)
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def describe(self, layer_name: str | None = None, segmenter_version: str | None = None) -> str:
         """Short id such as ``gradcam@mixed10-logit-predicted-fraction0.2-min0.001-fill-v64``;
-        ``segmenter:<id>-value0.5-...`` or ``fusion:<id>+gradcam@...`` for the other sources."""
+        ``segmenter:<id>-value0.5-...`` or ``fusion:<id>+gradcam@...`` for the other sources;
+        ``-fp16`` at the end in mixed precision."""
         layer = layer_name or self.layer or "auto"
         cam = f"{self.method}@{layer}-{self.score}-{self.target.describe()}"
+        fp16 = "-fp16" if self.precision == "mixed_float16" else ""
         if self.source == "gradcam":
-            return f"{cam}-{self.regions.describe()}"
+            return f"{cam}-{self.regions.describe()}{fp16}"
         if self.source == "segmenter":
-            return f"segmenter:{segmenter_version}-{self.regions.describe()}"
-        return f"fusion:{segmenter_version}+{cam}-{self.regions.describe()}"
+            return f"segmenter:{segmenter_version}-{self.regions.describe()}{fp16}"
+        return f"fusion:{segmenter_version}+{cam}-{self.regions.describe()}{fp16}"
 
 
 @dataclass(frozen=True)

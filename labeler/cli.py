@@ -311,6 +311,7 @@ def prelabel(
     console.print(
         f"pre-labelled {report.predicted} task(s) in {report.seconds:.1f} s ({report.images_per_second:.2f} images/s), "
         f"{report.skipped} already had {report.version}, {len(report.failed)} failed"
+        + (f"; re-posted {report.reposted} stored prediction(s) Label Studio lacked" if report.reposted else "")
     )
     if report.failed:
         raise typer.Exit(1)
@@ -403,6 +404,7 @@ def export_command(
 @one_line_errors
 def stats(
     project: ProjectId = None,
+    label_studio_url: LabelStudioUrl = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the CSV files and report.html (default: out/stats/project-N).")] = None,
     model_version: Annotated[Optional[str], typer.Option(help="Compare with this model version's pre-labels only (default: any).")] = None,
@@ -410,9 +412,10 @@ def stats(
     """Pre-label vs final annotation and annotator agreement: Dice, IoU, HD95, kappas; CSV + HTML report."""
     from labeler.stats import run, terminal_tables
 
-    project_id = Workspace(project_id=project).require_project()
+    ws = Workspace(label_studio_url, project_id=project)
+    project_id = ws.require_project()
     out = out or Path("out") / "stats" / f"project-{project_id}"
-    result = run(database_url, project_id, out, model_version)
+    result = run(database_url, project_id, out, model_version, ws.label_studio)
     for table in terminal_tables(result):
         console.print(table)
     console.print(f"wrote {out / 'report.html'} and the CSV files beside it")

@@ -152,12 +152,15 @@ class TaskRecord:
     model_version: str = ""
 
 
-def read_tasks(session, ls_project_id: int, predictions: bool = False) -> tuple[list[TaskRecord], set[str]]:
+def read_tasks(
+    session, ls_project_id: int, predictions: bool = False, label_studio: str | None = None
+) -> tuple[list[TaskRecord], set[str]]:
     """Live tasks with at least one current, not cancelled annotation (by task id), and the
-    labels of the project's labelling config."""
+    labels of the project's labelling config; ``label_studio`` names the project's Label Studio
+    (see `db.repository.get_project`)."""
     from db.repository import current_annotations, get_project, latest_prediction
 
-    project = get_project(session, ls_project_id)
+    project = get_project(session, ls_project_id, label_studio)
     if project is None:
         raise ValueError(f"project {ls_project_id} is not in the database: run `labeler sync` (or connect the backend) first")
     tasks: dict[int, TaskRecord] = {}
@@ -582,4 +585,4 @@ def read_workspace_tasks(ws, predictions: bool) -> tuple[list[TaskRecord], set[s
     """`read_tasks` in one DEFERRED (non-blocking) read transaction of the workspace's database."""
     with ws.sessions() as session:
         session.connection(execution_options={"sqlite_begin": "DEFERRED"})
-        return read_tasks(session, ws.require_project(), predictions)
+        return read_tasks(session, ws.require_project(), predictions, ws.label_studio)

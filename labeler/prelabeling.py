@@ -1,9 +1,12 @@
 """``labeler prelabel``: pre-label a whole project in batches, without Label Studio's synchronous
 "retrieve predictions" action: the pipeline runs here and predictions are posted through the SDK.
 
-Resumable: tasks that already have a prediction of the current model version are skipped, and
-each batch's predictions are posted (in one request) as soon as the batch is done, so a rerun
-after an interruption continues where it stopped. Reading the next batch and posting the last
+Resumable and database first: each batch is stored in our database, then posted to Label Studio
+(in one request), as soon as it is done. Tasks that already have a prediction of the current
+model version in Label Studio are skipped; those whose prediction reached our database but not
+Label Studio (a crash between the two writes) get the stored prediction posted again, not a new
+one. So a rerun after an interruption continues where it stopped, and afterwards Label Studio and
+our database hold the same predictions. Reading the next batch and storing / posting the last
 one overlap with the model's work.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ class PrelabelReport:
     failed: list[str]
     seconds: float
     version: str
+    reposted: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -56,6 +60,11 @@ def prelabel_project(
     plan = plan_for(project.label_config, loaded.spec.class_names, label_map)
     done = {p.task for p in ws.client.predictions.list(project=project_id) if p.model_version == version}
     tasks = [t for t in ws.client.tasks.list(project=project_id, fields="all") if t.id not in done]
+    reposts = _stored_but_not_posted(ws, project_id, version, tasks, plan.data_key)
+    for start in range(0, len(reposts), batch_size):
+        ws.client.projects.import_predictions(id=project_id, request=reposts[start : start + batch_size])
+    reposted = {post["task"] for post in reposts}
+    tasks = [t for t in tasks if t.id not in reposted]
     fetcher = ImageFetcher(ws.label_studio_url, ws.auth, document_root)
 
     def read(batch):
@@ -74,12 +83,13 @@ def prelabel_project(
         return images, ok, failures
 
     def save(posts, records, failures):
+        with ws.sessions.begin() as session:  # database first: see the module docstring
+            repository.store_predictions(
+                session, project_id, version, loaded.version, prelabeler.recorded_settings, records, failures,
+                label_studio=ws.label_studio,
+            )
         if posts:  # one request per batch: a request per task costs more than the model
             ws.client.projects.import_predictions(id=project_id, request=posts)
-        with ws.sessions.begin() as session:
-            repository.store_predictions(
-                session, project_id, version, loaded.version, prelabeler.recorded_settings, records, failures
-            )
 
     batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
     predicted, failed = 0, []
@@ -107,4 +117,19 @@ def prelabel_project(
             progress.advance(bar, len(batch))
         if saving is not None:
             saving.result()
-    return PrelabelReport(predicted, len(done), failed, time.perf_counter() - start, version)
+    return PrelabelReport(predicted, len(done), failed, time.perf_counter() - start, version, len(reposts))
+
+
+def _stored_but_not_posted(ws: Workspace, project_id: int, version: str, tasks, data_key: str) -> list[dict]:
+    """Label Studio predictions for the ``tasks`` (lacking one of ``version`` in Label Studio)
+    whose answer of ``version`` for the same image is already in our database."""
+    with ws.sessions() as session:
+        project = repository.get_project(session, project_id, ws.label_studio)
+        if project is None:
+            return []
+        stored = repository.stored_answers(session, project, version, [t.id for t in tasks])
+    return [
+        {"task": t.id, "result": stored[t.id].results, "score": stored[t.id].score, "model_version": version}
+        for t in tasks
+        if t.id in stored and stored[t.id].image_uri == t.data.get(data_key)
+    ]

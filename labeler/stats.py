@@ -202,11 +202,14 @@ def pick_prediction(predictions: list, started: datetime | None):
     return predictions[-1], "latest"
 
 
-def collect(session: Session, ls_project_id: int, model_version: str | None = None) -> Stats:
-    """Every comparison for the project, read from the database (see the module's docstring)."""
+def collect(
+    session: Session, ls_project_id: int, model_version: str | None = None, label_studio: str | None = None
+) -> Stats:
+    """Every comparison for the project (of Label Studio ``label_studio``, see
+    `db.repository.get_project`), read from the database (see the module's docstring)."""
     from db import repository as repo
 
-    project = repo.get_project(session, ls_project_id)
+    project = repo.get_project(session, ls_project_id, label_studio)
     if project is None:
         raise ValueError(f"project {ls_project_id} is not in the database (no task of it was ever pre-labelled or annotated)")
     if model_version is not None and repo.get_model_version(session, model_version) is None:
@@ -722,7 +725,9 @@ def write_report(stats: Stats, out: Path) -> list[Path]:
     return written
 
 
-def run(database_url: str, ls_project_id: int, out: Path, model_version: str | None = None) -> Stats:
+def run(
+    database_url: str, ls_project_id: int, out: Path, model_version: str | None = None, label_studio: str | None = None
+) -> Stats:
     """Read the project's statistics from the database and write them to `out`."""
     from labeler.workspace import Workspace
 
@@ -732,7 +737,7 @@ def run(database_url: str, ls_project_id: int, out: Path, model_version: str | N
     if engine.dialect.name == "sqlite":  # a long read: neither block the backend's writes nor wait for them
         engine = engine.execution_options(sqlite_begin="DEFERRED")
     with sessions(bind=engine) as session:
-        stats = collect(session, ls_project_id, model_version)
+        stats = collect(session, ls_project_id, model_version, label_studio)
     write_report(stats, out)
     return stats
 

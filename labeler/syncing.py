@@ -35,7 +35,9 @@ def sync_project(ws: Workspace) -> SyncReport:
     added = 0
     seen_annotations: set[int] = set()
     with ws.sessions.begin() as session:
-        project = repository.upsert_project(session, project_id, title=details.title, label_config=details.label_config)
+        project = repository.upsert_project(
+            session, project_id, title=details.title, label_config=details.label_config, label_studio=ws.label_studio
+        )
         for task in tasks:
             live = repository.live_task(session, project, task["id"], task_image_uri(task.get("data") or {}, details.label_config))
             for annotation in task.get("annotations") or []:

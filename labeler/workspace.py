@@ -37,6 +37,13 @@ class Workspace:
     project_id: int | None = None
     database_url: str = DEFAULT_DATABASE
 
+    @property
+    def label_studio(self) -> str:
+        """Our database's name for this Label Studio (see `db.identity`); "" when none is given."""
+        from db.identity import label_studio_identity
+
+        return label_studio_identity(self.label_studio_url)
+
     def require_project(self) -> int:
         if self.project_id is None:
             raise ValueError("no project given: pass --project or set LABEL_STUDIO_PROJECT")
