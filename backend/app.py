@@ -216,7 +216,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(Exception)
     def internal_error(exc):
         backend.metrics.failures.labels(kind="internal").inc()
-        log.error("%s failed: %s: %s", request.path, type(exc).__name__, str(exc)[:200])
+        log.error("%s failed: %s", request.path, type(exc).__name__)  # its text may hold a file path
         return _error(f"internal error ({type(exc).__name__}); see the backend log", 500)
 
     return app

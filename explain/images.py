@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -16,9 +18,14 @@ from PIL import JpegImagePlugin, PngImagePlugin
 from pydicom import pixels
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, UID
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import (
+    UID, DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
+)
 
-MAX_PIXELS = 100_000_000
+# 6000 x 6000: above any chest detector (43 x 43 cm at 100 um is 4300 x 4300), yet a tiny PNG of
+# zeros claiming 9000 x 9000 would cost seconds and over a gigabyte per image to decode.
+MAX_PIXELS = 36_000_000
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -26,6 +33,8 @@ _OTHER_MAGIC = (b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")  #
 _SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".dcm": "DICOM", ".dicom": "DICOM"}
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _MARKER_ENDED = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes}
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # 0xF7: JPEG-LS
+_J2K_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the image and tile size segment
 _EPS = 1e-8
 
 Source = str | os.PathLike | bytes | bytearray
@@ -47,11 +56,12 @@ def load_image(source: Source, *, name: str | None = None, max_pixels: int = MAX
     before any decoding.
     """
     label, kind, data = _read(source, name)
-    header = _header(label, kind, data)
+    header = _header(label, kind, data, max_pixels)
     width, height = _size(header)
     if width * height > max_pixels:
         raise ImageError(f"{label}: {width}x{height} pixels exceeds the limit of {max_pixels}")
     if kind == "DICOM":
+        _check_frame_size(label, header)
         return _decode_dicom(label, header)
     return _decode_raster(label, kind, data)
 
@@ -59,7 +69,7 @@ def load_image(source: Source, *, name: str | None = None, max_pixels: int = MAX
 def image_size(source: Source, *, name: str | None = None) -> tuple[int, int]:
     """(width, height) of an image, read from its header only."""
     label, kind, data = _read(source, name)
-    return _size(_header(label, kind, data))
+    return _size(_header(label, kind, data, MAX_PIXELS))
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -104,10 +114,10 @@ def _kind(label: str, data: bytes) -> str:
     return kind
 
 
-def _header(label: str, kind: str, data: bytes) -> _Header:
+def _header(label: str, kind: str, data: bytes, max_pixels: int) -> _Header:
     """The parsed header: a pydicom Dataset (pixels not decoded) or a lazy PIL image."""
     if kind == "DICOM":
-        return _dicom_header(label, data)
+        return _dicom_header(label, data, max_pixels)
     plugin = PngImagePlugin.PngImageFile if kind == "PNG" else JpegImagePlugin.JpegImageFile
     try:
         return plugin(io.BytesIO(data))
@@ -115,8 +125,10 @@ def _header(label: str, kind: str, data: bytes) -> _Header:
         raise ImageError(f"{label}: not a {kind} file or corrupt") from None
 
 
-def _dicom_header(label: str, data: bytes) -> Dataset:
+def _dicom_header(label: str, data: bytes, max_pixels: int) -> Dataset:
     has_magic = data[128:132] == b"DICM"
+    if has_magic and not _inflates_within(data, 8 * max_pixels + (1 << 20)):
+        raise ImageError(f"{label}: deflated DICOM data set inflates past {8 * max_pixels + (1 << 20)} bytes")
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=not has_magic)
         has_pixels = any(tag in ds for tag in _PIXEL_TAGS)
@@ -183,6 +195,62 @@ def _decode_dicom(label: str, ds: Dataset) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x)
 
 
+def _inflates_within(data: bytes, limit: int) -> bool:
+    """False for a deflated DICOM data set that inflates past ``limit`` bytes (pydicom inflates it
+    whole while reading the header, so a small file can claim gigabytes)."""
+    try:
+        fp = io.BytesIO(data)
+        read_preamble(fp, False)
+        if _read_file_meta_info(fp).get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return True
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflater.decompress(data[fp.tell():], limit)
+        return not inflater.unconsumed_tail
+    except Exception:
+        return True  # not deflated as far as we can tell: dcmread judges the rest
+
+
+def _check_frame_size(label: str, ds: Dataset):
+    """A compressed first frame must be Rows x Columns: the codec sizes its output by the codestream's
+    own header, so a frame claiming more would be decoded in full before pydicom notices."""
+    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    if syntax not in _MARKER_ENDED:
+        return
+    try:
+        size = _codestream_size(_first_frame(ds))
+    except Exception:
+        return  # unreadable frames are reported by the decoder
+    if size is not None and size != _size(ds):
+        raise ImageError(
+            f"{label}: DICOM pixel data is {size[0]}x{size[1]} pixels, but Rows/Columns say {_size(ds)[0]}x{_size(ds)[1]}"
+        )
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG / JPEG-LS start-of-frame or a JPEG 2000 SIZ segment, else None."""
+    at = frame.find(_J2K_SIZ, 0, 1 << 16)
+    if at >= 0:
+        xsiz, ysiz, x0, y0 = struct.unpack(">IIII", frame[at + 8 : at + 24])
+        return xsiz - x0, ysiz - y0
+    i = 2 if frame.startswith(b"\xff\xd8") else len(frame)
+    while i + 9 <= len(frame) and frame[i] == 0xFF:
+        marker = frame[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", frame[i + 5 : i + 9])
+            return width, height
+        elif marker == 0xDA:  # scan data before any frame header
+            return None
+        else:
+            i += 2 + int.from_bytes(frame[i + 2 : i + 4], "big")
+    return None
+
+
+def _first_frame(ds: Dataset) -> bytes:
+    return next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+
+
 def _has_decoder(syntax: UID) -> bool:
     try:
         return pixels.get_decoder(syntax).is_available
@@ -194,5 +262,5 @@ def _codestream_complete(ds: Dataset, syntax: UID | None) -> bool:
     """False when a JPEG-family first frame lacks its end marker: libjpeg decodes a cut one silently."""
     if syntax not in _MARKER_ENDED:
         return True
-    frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    frame = _first_frame(ds)
     return frame.rstrip(b"\x00").endswith(b"\xff\xd9")

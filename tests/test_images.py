@@ -233,7 +233,62 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(images.cv2, "imdecode", never)
     assert _error(tmp_path / "big.png") == f"big.png: 12000x12000 pixels exceeds the limit of {MAX_PIXELS}"
     header_only = _blank_bilevel_png(30000, 30000, with_pixels=False)
-    assert _error(header_only, name="huge.png") == "huge.png: 30000x30000 pixels exceeds the limit of 100000000"
+    assert _error(header_only, name="huge.png") == f"huge.png: 30000x30000 pixels exceeds the limit of {MAX_PIXELS}"
+
+
+def test_default_limit_refuses_a_9000_square_bomb_and_keeps_a_4096_square_chest(monkeypatch):
+    assert len(_blank_bilevel_png(9000, 9000)) < 100_000
+    decoded = []
+    real_imdecode = images.cv2.imdecode
+    monkeypatch.setattr(images.cv2, "imdecode", lambda *a: decoded.append(1) or real_imdecode(*a))
+    assert _error(_blank_bilevel_png(9000, 9000), name="bomb.png") == (
+        f"bomb.png: 9000x9000 pixels exceeds the limit of {MAX_PIXELS}"
+    )
+    assert decoded == []
+    assert load_image(_blank_bilevel_png(4096, 4096), name="chest.png").shape == (4096, 4096, 3)
+    assert decoded == [1]
+
+
+def _jpeg_dicom(path: Path, jpeg: bytes, rows: int, columns: int) -> Path:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"  # JPEG Baseline
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", generate_uid()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([jpeg])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_frame_larger_than_rows_columns_is_refused_before_decoding(tmp_path, monkeypatch):
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buffer, "JPEG")
+    small = io.BytesIO()
+    Image.new("L", (40, 30), 128).save(small, "JPEG")
+    assert load_image(_jpeg_dicom(tmp_path / "ok.dcm", small.getvalue(), 30, 40)).shape == (30, 40, 3)
+
+    def never(*args, **kwargs):
+        raise AssertionError("decoded a frame larger than Rows/Columns")
+
+    monkeypatch.setattr(images.pixels, "pixel_array", never)
+    path = _jpeg_dicom(tmp_path / "lie.dcm", buffer.getvalue(), 16, 16)
+    assert _error(path) == "lie.dcm: DICOM pixel data is 8000x6000 pixels, but Rows/Columns say 16x16"
+
+
+def test_deflated_dicom_that_inflates_past_the_limit_is_refused(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = _dicom(tmp_path / "deflated.dcm", np.zeros((1000, 1000), np.uint16))  # 2 MB inflated
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    assert load_image(path).shape == (1000, 1000, 3)
+    assert path.stat().st_size < 10_000
+    assert _error(path, max_pixels=100) == "deflated.dcm: deflated DICOM data set inflates past 1049376 bytes"
 
 
 def test_max_pixels_is_per_call(tmp_path):
@@ -334,7 +389,7 @@ def test_dicom_pixel_limit_is_checked_from_the_header(tmp_path, monkeypatch):
         raise AssertionError("decoded despite the pixel limit")
 
     monkeypatch.setattr(images.pixels, "pixel_array", never)
-    assert _error(path) == "liar.dcm: 50000x60000 pixels exceeds the limit of 100000000"
+    assert _error(path) == f"liar.dcm: 50000x60000 pixels exceeds the limit of {MAX_PIXELS}"
     assert _error(_dicom(tmp_path / "ok.dcm", _ramp()), max_pixels=100) == "ok.dcm: 256x16 pixels exceeds the limit of 100"
 
 
