@@ -1,7 +1,11 @@
-"""Prometheus metrics of one backend process (GET /metrics)."""
+"""Prometheus metrics of the backend (GET /metrics): of this process, or of every gunicorn worker
+when PROMETHEUS_MULTIPROC_DIR is set (``labeler-backend`` sets it; prometheus_client's
+multiprocess mode keeps each worker's values in a file there and /metrics adds them up)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 
 
@@ -23,11 +27,22 @@ class Metrics:
         )
         self.failures = Counter("labeler_failures", "Failures by kind", ["kind"], registry=self.registry)
         self.predictions = Counter("labeler_predictions", "Tasks pre-labelled", registry=self.registry)
-        self.model = Gauge("labeler_model_info", "The model version in use (value 1)", ["version"], registry=self.registry)
+        self.model = Gauge(
+            "labeler_model_info", "The model version in use (value 1)", ["version"], registry=self.registry,
+            multiprocess_mode="max",
+        )
 
     def set_model_version(self, version: str):
-        self.model.clear()
+        """1 for ``version``, 0 for every other version this process served (a 0, not a removal:
+        in multiprocess mode another worker's file would still show it)."""
+        for labels in list(self.model._metrics):
+            if labels != (version,):
+                self.model.labels(*labels).set(0)
         self.model.labels(version=version).set(1)
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
