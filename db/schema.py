@@ -183,3 +183,15 @@ class Failure(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     project: Mapped[Project | None] = relationship()
+
+
+class Installation(Base):
+    """This database's one row of installation-wide values. ``patient_key_secret`` (64 hex
+    characters, made by migration 0002) keys the HMAC of the patient values put in Label Studio
+    task data (see `db.installation`)."""
+
+    __tablename__ = "installation"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
+    patient_key_secret: Mapped[str] = mapped_column(String(64))

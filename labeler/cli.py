@@ -269,18 +269,37 @@ def import_command(
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
     project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
 ):
-    """Add images to the project as PNG under Label Studio's document root, skipping ones already there."""
+    """Add images to the project as PNG under Label Studio's document root, skipping ones already there.
+    A DICOM's PatientID becomes a keyed hash (secret: the database's, or PATIENT_KEY_SECRET); a project
+    with old unkeyed patient values is refused until `labeler rekey-patients` has converted them."""
     from labeler.project import import_images
 
     if document_root is None:
         raise ValueError("--document-root (Label Studio's LOCAL_FILES_DOCUMENT_ROOT) is required")
-    report = import_images(Workspace(label_studio_url, api_key, project), paths, document_root)
+    report = import_images(Workspace(label_studio_url, api_key, project, database_url), paths, document_root)
     for line in report.errors:
         errors.print(f"error: {line}", markup=False, highlight=False)
     console.print(f"imported {report.added}, skipped {report.skipped} already in the project, {len(report.errors)} unreadable")
     if report.errors:
         raise typer.Exit(1)
+
+
+@app.command("rekey-patients")
+@one_line_errors
+def rekey_patients(
+    label_studio_url: LabelStudioUrl = None,
+    api_key: ApiKey = None,
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
+):
+    """Replace the project's old, reversible patient values (unsalted PatientID hashes) by keyed
+    ones, the same a fresh import gives; idempotent and resumable."""
+    from labeler.patients import rekey_project
+
+    report = rekey_project(Workspace(label_studio_url, api_key, project, database_url))
+    console.print(f"re-keyed {report.rekeyed} task(s), {report.already} already keyed")
 
 
 @app.command()
