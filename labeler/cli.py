@@ -28,8 +28,9 @@ errors = Console(stderr=True, soft_wrap=True)
 
 
 def one_line_errors(command):
-    """Expected failures (bad input, missing files, Label Studio unreachable or refusing) end with
-    one 'error:' line and exit code 2."""
+    """Expected failures (bad input, missing files, Label Studio unreachable or refusing, a database
+    that cannot be opened: `db.engine.DatabaseUnavailable` is a ValueError) end with one 'error:'
+    line and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -278,7 +279,7 @@ def import_command(
 
     if document_root is None:
         raise ValueError("--document-root (Label Studio's LOCAL_FILES_DOCUMENT_ROOT) is required")
-    report = import_images(Workspace(label_studio_url, api_key, project, database_url), paths, document_root)
+    report = import_images(Workspace(label_studio_url, api_key, project, database_url, writes=False), paths, document_root)
     for line in report.errors:
         errors.print(f"error: {line}", markup=False, highlight=False)
     console.print(f"imported {report.added}, skipped {report.skipped} already in the project, {len(report.errors)} unreadable")
@@ -298,7 +299,7 @@ def rekey_patients(
     ones, the same a fresh import gives; idempotent and resumable."""
     from labeler.patients import rekey_project
 
-    report = rekey_project(Workspace(label_studio_url, api_key, project, database_url))
+    report = rekey_project(Workspace(label_studio_url, api_key, project, database_url, writes=False))
     console.print(f"re-keyed {report.rekeyed} task(s), {report.already} already keyed")
 
 
@@ -380,7 +381,7 @@ def export_command(
         format=format, size=size, annotators=annotators, seed=seed, split=exporting.parse_split(split),
         predictions=predictions,
     )
-    ws = Workspace(label_studio_url, api_key, project, database_url)
+    ws = Workspace(label_studio_url, api_key, project, database_url, writes=False)
     project_id = ws.require_project()
     tasks, known_labels = exporting.read_workspace_tasks(ws, predictions)
     if not tasks:
