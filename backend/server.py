@@ -1,9 +1,10 @@
 """``labeler-backend``: the ML backend under gunicorn, the production WSGI server.
 
 Each worker builds its own app after the fork (TensorFlow does not survive a fork), so the
-model is loaded once per worker. Settings: BACKEND_HOST (127.0.0.1), BACKEND_PORT (9090),
-BACKEND_WORKERS (1), BACKEND_THREADS (4), BACKEND_TIMEOUT (seconds, 300), plus those of
-backend.config.
+model is loaded once per worker. `main` first checks the settings and opens (and migrates) the
+database: a problem there is one ``error: ...`` line and exit code 2, before gunicorn starts.
+Settings: BACKEND_HOST (127.0.0.1), BACKEND_PORT (9090), BACKEND_WORKERS (1), BACKEND_THREADS
+(4), BACKEND_TIMEOUT (seconds, 300), plus those of backend.config.
 """
 from __future__ import annotations
 
@@ -32,11 +33,17 @@ class _Gunicorn(BaseApplication):
 def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin, on every start
     from backend.config import Settings
     from backend.predictor import prelabel_settings
 
+    from db.migrating import open_database
+
     try:
-        prelabel_settings(Settings.from_env())
+        settings = Settings.from_env()
+        prelabel_settings(settings)
+        # Workers open the database after the fork; a bad one is one line here, not a traceback per worker.
+        open_database(settings.database_url).dispose()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

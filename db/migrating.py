@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from .engine import make_engine
+from .engine import database_errors, make_engine
+from .schema import Installation
 
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 #: Key of the PostgreSQL advisory lock that lets one `migrate` run at a time per database.
@@ -42,14 +45,40 @@ def migrate(url: str) -> str:
     IMMEDIATE transaction; on PostgreSQL (whose concurrent CREATE TABLEs would collide) it holds
     a session advisory lock (`MIGRATION_LOCK_KEY`) for the whole upgrade, so the others wait and
     then find the database at head. Creates a SQLite file's parent folder when missing. Returns
-    the head revision id.
+    the head revision id. Raises `db.engine.DatabaseUnavailable` (one line, password masked)
+    when the database cannot be reached, opened or migrated.
     """
-    _ensure_sqlite_folder(url)
-    if make_url(url).get_backend_name() == "postgresql":
-        _upgrade_locked(url)
-    else:
-        command.upgrade(alembic_config(url), "head")
+    with database_errors(url):
+        _ensure_sqlite_folder(url)
+        if make_url(url).get_backend_name() == "postgresql":
+            _upgrade_locked(url)
+        else:
+            command.upgrade(alembic_config(url), "head")
     return head_revision()
+
+
+def open_database(url: str, *, writable: bool = True, **engine_kwargs: Any) -> Engine:
+    """The one way in: migrate the database at `url`, then return its engine (`make_engine`
+    with `engine_kwargs`), with `writable` after checking that it can be written (a no-op
+    update, rolled back). A read-only database at head opens with ``writable=False``.
+
+    Raises `db.engine.DatabaseUnavailable`, a ValueError whose message is one line naming the
+    database (password masked) and the problem: bad URL, unknown dialect or missing driver,
+    server unreachable, file missing, read-only or not a database, migration impossible.
+    """
+    migrate(url)
+    with database_errors(url):
+        engine = make_engine(url, **engine_kwargs)
+        try:
+            with engine.connect() as connection:
+                connection.execute(select(Installation.id))  # "file is not a database" shows on first read
+                if writable:  # read-only files and roles pass a migration that has nothing to do
+                    connection.execute(update(Installation).values(id=Installation.id))
+                connection.rollback()
+        except BaseException:
+            engine.dispose()
+            raise
+    return engine
 
 
 def _upgrade_locked(url: str) -> None:
@@ -78,4 +107,8 @@ def _ensure_sqlite_folder(url: str) -> None:
         return
     if database.startswith("file:") or parsed.query.get("mode") == "memory":
         return
-    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(database).expanduser().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create its folder {folder} ({exc.strerror})") from None

@@ -203,3 +203,15 @@ class LabelStudioLink(Base):
     url: Mapped[str] = mapped_column(String(255))
     token: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Installation(Base):
+    """This database's one row of installation-wide values. ``patient_key_secret`` (64 hex
+    characters, made by migration 0002) keys the HMAC of the patient values put in Label Studio
+    task data (see `db.installation`)."""
+
+    __tablename__ = "installation"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
+    patient_key_secret: Mapped[str] = mapped_column(String(64))

@@ -28,8 +28,9 @@ errors = Console(stderr=True, soft_wrap=True)
 
 
 def one_line_errors(command):
-    """Expected failures (bad input, missing files, Label Studio unreachable or refusing) end with
-    one 'error:' line and exit code 2."""
+    """Expected failures (bad input, missing files, Label Studio unreachable or refusing, a database
+    that cannot be opened: `db.engine.DatabaseUnavailable` is a ValueError) end with one 'error:'
+    line and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -269,18 +270,37 @@ def import_command(
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
     project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
 ):
-    """Add images to the project as PNG under Label Studio's document root, skipping ones already there."""
+    """Add images to the project as PNG under Label Studio's document root, skipping ones already there.
+    A DICOM's PatientID becomes a keyed hash (secret: the database's, or PATIENT_KEY_SECRET); a project
+    with old unkeyed patient values is refused until `labeler rekey-patients` has converted them."""
     from labeler.project import import_images
 
     if document_root is None:
         raise ValueError("--document-root (Label Studio's LOCAL_FILES_DOCUMENT_ROOT) is required")
-    report = import_images(Workspace(label_studio_url, api_key, project), paths, document_root)
+    report = import_images(Workspace(label_studio_url, api_key, project, database_url, writes=False), paths, document_root)
     for line in report.errors:
         errors.print(f"error: {line}", markup=False, highlight=False)
     console.print(f"imported {report.added}, skipped {report.skipped} already in the project, {len(report.errors)} unreadable")
     if report.errors:
         raise typer.Exit(1)
+
+
+@app.command("rekey-patients")
+@one_line_errors
+def rekey_patients(
+    label_studio_url: LabelStudioUrl = None,
+    api_key: ApiKey = None,
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
+):
+    """Replace the project's old, reversible patient values (unsalted PatientID hashes) by keyed
+    ones, the same a fresh import gives; idempotent and resumable."""
+    from labeler.patients import rekey_project
+
+    report = rekey_project(Workspace(label_studio_url, api_key, project, database_url, writes=False))
+    console.print(f"re-keyed {report.rekeyed} task(s), {report.already} already keyed")
 
 
 @app.command()
@@ -362,7 +382,7 @@ def export_command(
         format=format, size=size, annotators=annotators, seed=seed, split=exporting.parse_split(split),
         predictions=predictions,
     )
-    ws = Workspace(label_studio_url, api_key, project, database_url)
+    ws = Workspace(label_studio_url, api_key, project, database_url, writes=False)
     project_id = ws.require_project()
     tasks, known_labels = exporting.read_workspace_tasks(ws, predictions)
     if not tasks:

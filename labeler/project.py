@@ -1,9 +1,11 @@
 """``labeler init`` and ``labeler import``: a Label Studio project set up for pre-labelling."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import cv2
@@ -13,6 +15,7 @@ from rich.progress import Progress
 from explain.images import ImageError, load_image, to_uint8
 from explain.labeling import labeling_config
 from labeler.datasets import IMAGE_SUFFIXES
+from labeler.patients import is_unkeyed, patient_key, patient_secret
 from labeler.workspace import Workspace
 from models.spec import load_spec
 
@@ -69,19 +72,30 @@ def image_files(paths: list[Path]) -> list[Path]:
 def import_images(ws: Workspace, paths: list[Path], document_root: Path, batch: int = 100) -> Imported:
     """Copy images into ``document_root/labeler-<project>/`` as PNG named by content hash and add
     one task each (local-files URL, ``content_hash``, ``patient`` key); images already in the
-    project (same hash) are skipped. DICOM keeps no patient data: only a hash of PatientID."""
+    project (same hash) are skipped. DICOM keeps no patient data: only a keyed hash of PatientID
+    (`labeler.patients`; the secret is read from the database on the first DICOM that has one).
+    A project still holding old unkeyed ``patient`` values is refused before anything is copied:
+    keys of two kinds would split one patient in two (``labeler rekey-patients`` converts them)."""
     project_id = ws.require_project()
+    existing = [t.data for t in ws.client.tasks.list(project=project_id, fields="task_only", resolve_uri=False)]
+    unkeyed = sum(1 for data in existing if is_unkeyed((data or {}).get("patient")))
+    if unkeyed:
+        raise ValueError(
+            f"project {project_id} has {unkeyed} task(s) with an old, unkeyed patient value; "
+            "run `labeler rekey-patients` first (same --database-url), then import again"
+        )
     folder = (document_root / f"labeler-{project_id}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     _ensure_storage(ws, project_id, folder)
-    known = {t.data.get("content_hash") for t in ws.client.tasks.list(project=project_id, fields="all")}
+    known = {(data or {}).get("content_hash") for data in existing}
+    secret = functools.cache(lambda: patient_secret(ws))
     files = image_files(paths)
     pending, errors, skipped, added = [], [], 0, 0
     with Progress(transient=True) as progress:
         bar = progress.add_task("importing", total=len(files))
         for path in files:
             try:
-                png, patient = _as_png(path)
+                png, patient = _as_png(path, lambda patient_id: patient_key(patient_id, secret()))
             except ImageError as exc:
                 errors.append(str(exc))
                 progress.advance(bar)
@@ -117,8 +131,9 @@ def _ensure_storage(ws, project_id, folder: Path):
     ws.client.import_storage.local.create(project=project_id, path=str(folder), use_blob_urls=True, title="labeler import")
 
 
-def _as_png(path: Path) -> tuple[bytes, str | None]:
-    """PNG bytes of an image (8-bit; DICOM windowed and inverted as needed) and a patient key."""
+def _as_png(path: Path, key: Callable[[str], str]) -> tuple[bytes, str | None]:
+    """PNG bytes of an image (8-bit; DICOM windowed and inverted as needed) and its patient key:
+    ``key(PatientID)`` for a DICOM with a PatientID, else None."""
     data = path.read_bytes()
     image = load_image(data, name=path.name)
     gray = (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
@@ -126,14 +141,14 @@ def _as_png(path: Path) -> tuple[bytes, str | None]:
     ok, encoded = cv2.imencode(".png", picture)
     if not ok:
         raise ImageError(f"{path.name}: could not be encoded as PNG")
-    return encoded.tobytes(), _patient_key(data)
+    patient_id = _patient_id(data)
+    return encoded.tobytes(), key(patient_id) if patient_id else None
 
 
-def _patient_key(data: bytes) -> str | None:
+def _patient_id(data: bytes) -> str | None:
     if data[128:132] != b"DICM":
         return None
     import pydicom
 
     dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["PatientID"])
-    patient = str(dataset.get("PatientID", "") or "")
-    return hashlib.sha256(patient.encode()).hexdigest()[:16] if patient else None
+    return str(dataset.get("PatientID", "") or "") or None

@@ -125,7 +125,10 @@ class Stats:
 
 def check_database(url: str) -> None:
     """A SQLite file that does not exist is an error (rather than an empty database made for it)."""
-    parsed = make_url(url)
+    from db.engine import database_errors
+
+    with database_errors(url):
+        parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         if not Path(parsed.database).is_file():
             raise ValueError(f"no database at {parsed.database}")
@@ -732,7 +735,7 @@ def run(
     from labeler.workspace import Workspace
 
     check_database(database_url)
-    sessions = Workspace(database_url=database_url, project_id=ls_project_id).sessions
+    sessions = Workspace(database_url=database_url, project_id=ls_project_id, writes=False).sessions
     engine = sessions.kw["bind"]
     if engine.dialect.name == "sqlite":  # a long read: neither block the backend's writes nor wait for them
         engine = engine.execution_options(sqlite_begin="DEFERRED")

@@ -36,6 +36,7 @@ class Workspace:
     api_key: str | None = None
     project_id: int | None = None
     database_url: str = DEFAULT_DATABASE
+    writes: bool = True  # False: the commands that only read our database also work on a read-only one
 
     @property
     def label_studio(self) -> str:
@@ -68,9 +69,10 @@ class Workspace:
 
     @cached_property
     def sessions(self):
-        """Session factory of the migrated database."""
-        from db.engine import make_engine, session_factory
-        from db.migrating import migrate
+        """Session factory of the migrated database (`db.migrating.open_database`: a database
+        that cannot be opened, migrated or (when ``writes``) written raises one-line
+        `DatabaseUnavailable`, a ValueError)."""
+        from db.engine import session_factory
+        from db.migrating import open_database
 
-        migrate(self.database_url)
-        return session_factory(make_engine(self.database_url))
+        return session_factory(open_database(self.database_url, writable=self.writes))
