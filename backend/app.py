@@ -20,7 +20,8 @@ from explain.fetch import ImageFetcher, LabelStudioAuth
 from explain.labeling import plan_for
 from backend.metrics import Metrics
 from backend.predict import (
-    BadRequest, StorageUnavailable, parse_project_id, predict_tasks, project_key, validate_tasks, webhook_project_key,
+    BadRequest, StorageUnavailable, parse_config, parse_project_id, predict_tasks, project_key, validate_tasks,
+    webhook_project_key,
 )
 from backend.predictor import ModelUnavailable, Predictor, prelabel_settings
 from backend.webhooks import handle_event
@@ -158,7 +159,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         key = project_key(body.get("project"))
         backend.learn_label_studio(key, body.get("hostname"), body.get("access_token"))
         pipeline = backend.predictor.get(settings.source_for(project_id))
-        config = body.get("schema")
+        config = parse_config(body.get("schema"), "schema")
         if config:
             backend.plan(config, pipeline.class_names)
         if project_id is not None:

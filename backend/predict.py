@@ -98,6 +98,13 @@ def webhook_project_key(body: dict) -> str | None:
     return f"{project['id']}.{int(created.timestamp())}" if created else None
 
 
+def parse_config(value, name: str) -> str | None:
+    """A labelling config as sent in field ``name``: a string or None, else BadRequest."""
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string (the labelling config XML), got {_kind(value)}")
+    return value
+
+
 def validate_tasks(body: dict, max_tasks: int | None = None) -> list[dict]:
     """The body's tasks, checked: at most ``max_tasks`` of them (else TooManyTasks), each an object
     with a ``data`` object and an ``id``; ``label_config``, when given, a string (else BadRequest)."""
@@ -109,9 +116,7 @@ def validate_tasks(body: dict, max_tasks: int | None = None) -> list[dict]:
             f"{len(tasks)} tasks in one request, over MAX_TASKS_PER_REQUEST={max_tasks}; "
             "send fewer per request, or pre-label in bulk with `labeler prelabel`"
         )
-    config = body.get("label_config")
-    if config is not None and not isinstance(config, str):
-        raise BadRequest(f"label_config must be a string (the labelling config XML), got {_kind(config)}")
+    parse_config(body.get("label_config"), "label_config")
     for n, task in enumerate(tasks):
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise BadRequest(f"tasks[{n}] must be an object with a 'data' object")
@@ -210,7 +215,8 @@ def _log_failures(items: list[TaskImage], shown: int = 20):
     for kind, failed in by_kind.items():
         ids = ", ".join(str(item.task_id) for item in failed[:shown])
         more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
-        log.warning("%d task(s) failed (%s): tasks %s%s; first: %s", len(failed), kind, ids, more, failed[0].failure[1][:200])
+        first = failed[0].failure[1][:200].encode("utf-8", "backslashreplace").decode()  # no lone surrogates
+        log.warning("%d task(s) failed (%s): tasks %s%s; first: %s", len(failed), kind, ids, more, first)
 
 
 def _store(sessions, project_id, items, prelabels, answers, pipeline: Pipeline, label_studio: str):

@@ -141,6 +141,12 @@ def test_malformed_predict_bodies_get_a_400_not_a_500(client, sessions, body, me
     assert count(sessions, Task) == 0 and count(sessions, Failure) == 0
 
 
+@pytest.mark.parametrize("schema", [5, [], {"xml": CONFIG}])
+def test_setup_with_a_schema_that_is_not_a_string_gets_a_400(client, schema):
+    answer = client.post("/setup", json={"project": "7.1700000000", "schema": schema})
+    assert answer.status_code == 400 and "schema must be a string (the labelling config XML)" in answer.json["error"]
+
+
 def _webhook_with(field, value):
     body = annotation_event("ANNOTATION_CREATED")
     if field in ("task", "project"):

@@ -1,4 +1,4 @@
-"""Fuzzing /predict and /webhook of a real app (Flask test client, SQLite migrated by Alembic, a tiny
+"""Fuzzing /predict, /webhook and /setup of a real app (Flask test client, SQLite migrated by Alembic, a tiny
 Keras model) with Hypothesis: arbitrary JSON and valid bodies with one field replaced.
 
 Properties: never a 5xx; every answer is a JSON object, ``{"error": ...}`` for a 4xx and the
@@ -147,6 +147,7 @@ PREDICT_BODIES = st.builds(
     st.sampled_from(["7.1700000000", "7", 7, None]),
 )
 WEBHOOK_BODIES = ACTIONS.map(webhook_body)
+SETUP_BODIES = st.just({"project": "7.1700000000", "schema": CONFIG, "hostname": "http://ls-host:8080", "access_token": "t"})
 
 BAD_IMAGES = st.sampled_from([
     "/data/local-files/?d=xrays/broken.png", "/data/local-files/?d=xrays/missing.png", "", 5, None, [], {"uri": 1},
@@ -170,7 +171,7 @@ def check(answer, records, route: str) -> dict:
     if answer.status_code >= 400:
         assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
     else:
-        assert ("results" if route == "/predict" else "status") in body
+        assert {"/predict": "results", "/webhook": "status", "/setup": "model_version"}[route] in body
     return body
 
 
@@ -178,25 +179,31 @@ def post(client, route, body):
     return client.post(route, data=json.dumps(body), content_type="application/json")
 
 
-@fuzz(200)
-@given(st.sampled_from(["/predict", "/webhook"]), OBJECTS | JSON)
+@fuzz(600)
+@given(st.sampled_from(["/predict", "/webhook", "/setup"]), OBJECTS | JSON)
 def test_arbitrary_json_never_gets_a_5xx(client, records, route, body):
     check(post(client, route, body), records, route)
 
 
-@fuzz(80)
+@fuzz(300)
 @given(mutated(PREDICT_BODIES))
 def test_predict_bodies_with_one_field_changed_never_get_a_5xx(client, records, body):
     check(post(client, "/predict", body), records, "/predict")
 
 
-@fuzz(250)
+@fuzz(1000)
 @given(mutated(WEBHOOK_BODIES))
 def test_webhook_bodies_with_one_field_changed_never_get_a_5xx(client, records, body):
     check(post(client, "/webhook", body), records, "/webhook")
 
 
-@fuzz(25)
+@fuzz(150)
+@given(mutated(SETUP_BODIES))
+def test_setup_bodies_with_one_field_changed_never_get_a_5xx(client, records, body):
+    check(post(client, "/setup", body), records, "/setup")
+
+
+@fuzz(80)
 @given(
     st.lists(st.one_of(st.sampled_from(sorted(SIZES)).map(lambda n: ("good", n)), BAD_IMAGES.map(lambda u: ("bad", u))),
              min_size=1, max_size=6),
