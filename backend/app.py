@@ -7,6 +7,7 @@ input and never carry a traceback.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from explain.fetch import ImageFetcher, LabelStudioAuth
 from explain.labeling import plan_for
 from backend.metrics import Metrics
 from backend.predict import (
-    BadRequest, StorageUnavailable, parse_project_id, predict_tasks, project_key, validate_tasks, webhook_project_key,
+    BadRequest, StorageUnavailable, parse_config, parse_project_id, predict_tasks, project_key, validate_tasks,
+    webhook_project_key,
 )
 from backend.predictor import ModelUnavailable, Predictor, prelabel_settings
 from backend.webhooks import handle_event
@@ -29,6 +31,7 @@ from db.engine import make_engine, session_factory
 from db.migrating import migrate
 
 log = logging.getLogger("backend")
+MAX_JSON_DEPTH = 64  # Label Studio's bodies nest about 6 deep; far deeper is an attack or a bug
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         backend.predictor.warm_up_in_background()
     app = Flask(__name__)
     app.config["BACKEND"] = backend
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
 
     @app.before_request
     def start():
@@ -155,7 +159,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         key = project_key(body.get("project"))
         backend.learn_label_studio(key, body.get("hostname"), body.get("access_token"))
         pipeline = backend.predictor.get(settings.source_for(project_id))
-        config = body.get("schema")
+        config = parse_config(body.get("schema"), "schema")
         if config:
             backend.plan(config, pipeline.class_names)
         if project_id is not None:
@@ -168,7 +172,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.post("/predict")
     def predict():
         body = _body()
-        tasks = validate_tasks(body)
+        tasks = validate_tasks(body, settings.max_tasks_per_request)
         project_id = parse_project_id(body.get("project"))
         connection = backend.connection(project_key(body.get("project")))
         pipeline = backend.predictor.get(settings.source_for(project_id))
@@ -197,8 +201,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(BadRequest)
     def bad_request(exc):
-        backend.metrics.failures.labels(kind="bad_request").inc()
-        return _error(str(exc), 400)
+        backend.metrics.failures.labels(kind="bad_request" if exc.status == 400 else "too_large").inc()
+        return _error(str(exc), exc.status)
 
     @app.errorhandler(StorageUnavailable)
     def storage_unavailable(exc):
@@ -211,6 +215,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
+        if exc.code == 413:
+            backend.metrics.failures.labels(kind="too_large").inc()
+            return _error(f"request body is over MAX_REQUEST_BYTES={settings.max_request_bytes} bytes", 413)
         return _error(exc.description or exc.name, exc.code or 500)
 
     @app.errorhandler(Exception)
@@ -223,10 +230,36 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _body() -> dict:
-    body = request.get_json(silent=True)
+    """The request's JSON object. BadRequest when the body is not JSON (NaN and Infinity are not
+    JSON either), not an object, or nested deeper than MAX_JSON_DEPTH; a body over
+    MAX_CONTENT_LENGTH raises werkzeug's RequestEntityTooLarge (413)."""
+    data = request.get_data(cache=True)
+    if not request.is_json:
+        raise BadRequest("request body must be a JSON object (Content-Type: application/json)")
+    try:
+        body = json.loads(data, parse_constant=_not_json)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
+        body = None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise BadRequest(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value) -> int:
+    """How deep lists and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _error(message: str, status: int, headers=None):
@@ -241,9 +274,15 @@ def _authorised(req, settings: Settings) -> bool:
     auth = req.authorization
     return bool(
         auth
-        and hmac.compare_digest(auth.username or "", settings.basic_auth_user or "")
-        and hmac.compare_digest(auth.password or "", settings.basic_auth_pass or "")
+        and hmac.compare_digest(_utf8(auth.username), _utf8(settings.basic_auth_user))
+        and hmac.compare_digest(_utf8(auth.password), _utf8(settings.basic_auth_pass))
     )
+
+
+def _utf8(text: str | None) -> bytes:
+    """compare_digest takes str only when ASCII: credentials are compared as UTF-8 bytes
+    (surrogateescape keeps undecodable environment bytes as they were)."""
+    return (text or "").encode("utf-8", "surrogateescape")
 
 
 def _stored_config(backend: Backend, project_id: int | None, identity: str) -> str | None:

@@ -53,6 +53,10 @@ class Settings:
     cam_min_area: float = 0.001
     cam_max_vertices: int = 64
     batch_size: int = 16
+    # Label Studio gives up on /predict after ML_TIMEOUT_PREDICT (100 s by default): one request
+    # must finish well within that, so bulk pre-labelling belongs to `labeler prelabel`.
+    max_tasks_per_request: int = 1000
+    max_request_bytes: int = 64 * 1024 * 1024  # a request body, in bytes
     label_map: dict[str, str] = field(default_factory=dict)
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
@@ -95,6 +99,8 @@ class Settings:
             cam_min_area=_number(env, "CAM_MIN_AREA", cls.cam_min_area, float),
             cam_max_vertices=_number(env, "CAM_MAX_VERTICES", cls.cam_max_vertices, int),
             batch_size=_number(env, "BATCH_SIZE", cls.batch_size, int),
+            max_tasks_per_request=_number(env, "MAX_TASKS_PER_REQUEST", cls.max_tasks_per_request, int),
+            max_request_bytes=_number(env, "MAX_REQUEST_BYTES", cls.max_request_bytes, int),
             label_map=_pairs(env.get("LABEL_MAP", "")),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/") or None,
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,

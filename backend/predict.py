@@ -24,7 +24,18 @@ log = logging.getLogger(__name__)
 
 
 class BadRequest(ValueError):
-    """The request body is malformed; the message names the problem (answered as HTTP 400)."""
+    """The request body is malformed; the message names the problem (answered as HTTP ``status``)."""
+
+    status = 400
+
+
+class TooManyTasks(BadRequest):
+    """More tasks in one /predict body than MAX_TASKS_PER_REQUEST (answered as HTTP 413)."""
+
+    status = 413
+
+
+ID_MAX = 2**63 - 1  # Label Studio ids are positive 64-bit integers (bigint primary keys)
 
 
 class StorageUnavailable(Exception):
@@ -41,14 +52,28 @@ class TaskImage:
     failure: tuple[str, str] | None = None
 
 
+def parse_id(value, name: str) -> int:
+    """``value`` as a Label Studio id: an integer (not a bool) in 0..2**63-1, else BadRequest naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name} must be an integer id, got {_kind(value)}")
+    if not 0 <= value <= ID_MAX:
+        raise BadRequest(f"{name} must be an integer id in 0..2**63-1, got {value}")
+    return value
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 def parse_project_id(value) -> int | None:
     """Label Studio sends ``"<project id>.<created epoch>"``; older versions a bare id."""
     if value is None:
         return None
-    try:
-        return int(str(value).split(".", 1)[0])
-    except ValueError:
-        raise BadRequest(f"project must look like '<id>.<timestamp>', got {str(value)[:40]!r}") from None
+    text = str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+    head = text.split(".", 1)[0].strip()
+    if head.isascii() and head.isdigit() and len(head) <= 100:
+        return parse_id(int(head), "project")
+    raise BadRequest(f"project must look like '<id>.<timestamp>', got {text[:40] or _kind(value)!r}")
 
 
 def project_key(value) -> str | None:
@@ -73,15 +98,29 @@ def webhook_project_key(body: dict) -> str | None:
     return f"{project['id']}.{int(created.timestamp())}" if created else None
 
 
-def validate_tasks(body: dict) -> list[dict]:
+def parse_config(value, name: str) -> str | None:
+    """A labelling config as sent in field ``name``: a string or None, else BadRequest."""
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string (the labelling config XML), got {_kind(value)}")
+    return value
+
+
+def validate_tasks(body: dict, max_tasks: int | None = None) -> list[dict]:
+    """The body's tasks, checked: at most ``max_tasks`` of them (else TooManyTasks), each an object
+    with a ``data`` object and an ``id``; ``label_config``, when given, a string (else BadRequest)."""
     tasks = body.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise BadRequest("tasks must be a non-empty list of task objects")
+    if max_tasks is not None and len(tasks) > max_tasks:
+        raise TooManyTasks(
+            f"{len(tasks)} tasks in one request, over MAX_TASKS_PER_REQUEST={max_tasks}; "
+            "send fewer per request, or pre-label in bulk with `labeler prelabel`"
+        )
+    parse_config(body.get("label_config"), "label_config")
     for n, task in enumerate(tasks):
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise BadRequest(f"tasks[{n}] must be an object with a 'data' object")
-        if not isinstance(task.get("id"), int):
-            raise BadRequest(f"tasks[{n}] must have an integer 'id'")
+        parse_id(task.get("id"), f"tasks[{n}].id")
     return tasks
 
 
@@ -119,6 +158,7 @@ def predict_tasks(
     items = [TaskImage(n, task["id"], task["data"].get(plan.data_key)) for n, task in enumerate(tasks)]
     for item in items:
         _load(item, fetcher, watch)
+    _log_failures(items)
     good = [item for item in items if item.failure is None]
     images = [item.image for item in good]
     with watch.stage("model"):
@@ -163,8 +203,20 @@ def _load(item: TaskImage, fetcher: ImageFetcher, watch: Stopwatch):
         item.failure = (exc.kind, f"task {item.task_id}: {exc}")
     except ImageError as exc:
         item.failure = ("image_decode", str(exc))
-    if item.failure:
-        log.warning("%s", item.failure[1])
+
+
+def _log_failures(items: list[TaskImage], shown: int = 20):
+    """One warning per failure kind of a batch: how many tasks, the first ``shown`` task ids and
+    the first message (a batch of thousands of bad tasks must not write thousands of lines)."""
+    by_kind: dict[str, list[TaskImage]] = {}
+    for item in items:
+        if item.failure:
+            by_kind.setdefault(item.failure[0], []).append(item)
+    for kind, failed in by_kind.items():
+        ids = ", ".join(str(item.task_id) for item in failed[:shown])
+        more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
+        first = failed[0].failure[1][:200].encode("utf-8", "backslashreplace").decode()  # no lone surrogates
+        log.warning("%d task(s) failed (%s): tasks %s%s; first: %s", len(failed), kind, ids, more, first)
 
 
 def _store(sessions, project_id, items, prelabels, answers, pipeline: Pipeline, label_studio: str):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 from sqlalchemy import func, select
@@ -35,6 +36,7 @@ from .timestamps import parse_ls_time, utcnow
 _Row = TypeVar("_Row")
 _KIND_MAX = 32
 _MESSAGE_MAX = 500
+_ID_MAX = 2**63 - 1  # Label Studio ids are 64-bit; larger ones cannot be stored
 
 
 def _add_unique(session: Session, row: _Row, find: Callable[[], _Row | None]) -> _Row:
@@ -120,13 +122,18 @@ def live_task(
     """The live task for `ls_task_id`, created when there is none.
 
     Label Studio reuses task ids after deletes: when the live row shows another image (another
-    ``image_uri``, or another known ``content_hash``), it is marked deleted and a new row
-    created. Missing hash and size (pixels) on a matching row are filled in.
+    ``image_uri`` in `normal_image_uri` form, or another known ``content_hash``), it is marked
+    deleted and a new row created. An empty ``image_uri`` means "not known" and matches any
+    row. A missing image URI, hash and size (pixels) on a matching row are filled in.
     """
+    _check_id(ls_task_id, "ls_task_id")
+    if not isinstance(image_uri, str):
+        raise ValueError(f"image_uri must be a string, got {type(image_uri).__name__}")
     task = get_live_task(session, project, ls_task_id)
     if task is not None and _same_image(task, image_uri, content_hash):
-        for name, value in (("content_hash", content_hash), ("width", width), ("height", height)):
-            if value is not None and getattr(task, name) is None:
+        fill = (("image_uri", image_uri or None), ("content_hash", content_hash), ("width", width), ("height", height))
+        for name, value in fill:
+            if value is not None and not getattr(task, name):
                 setattr(task, name, value)
         session.flush()
         return task
@@ -145,9 +152,42 @@ def live_task(
 
 
 def _same_image(task: Task, image_uri: str, content_hash: str | None) -> bool:
-    if task.image_uri != image_uri:
+    if image_uri and task.image_uri and normal_image_uri(task.image_uri) != normal_image_uri(image_uri):
         return False
     return content_hash is None or task.content_hash is None or task.content_hash == content_hash
+
+
+def normal_image_uri(uri: str) -> str:
+    """The form in which image URIs are compared: Label Studio serves its files under ``/data/``
+    and ``/storage-data/``, and names them by a relative path or by an absolute URL on its own
+    host, so ``http://ls-host:8080/data/upload/1/x.png`` becomes ``/data/upload/1/x.png``
+    (path and query). Any other URI is returned as it is."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return uri
+    if parts.scheme in ("http", "https") and parts.path.startswith(("/data/", "/storage-data/")):
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return uri
+
+
+def _finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
+def _check_id(value, name: str, optional: bool = False):
+    """ValueError unless ``value`` is an integer id (not a bool) in 0..2**63-1 (or None when optional)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer id, got {type(value).__name__}")
+    if not 0 <= value <= _ID_MAX:
+        raise ValueError(f"{name} must be an integer id in 0..2**63-1, got {value}")
 
 
 def delete_tasks(session: Session, project: Project, ls_task_ids: Iterable[int]) -> int:
@@ -286,6 +326,15 @@ def add_annotation_revision(
         raise ValueError(f"action must be one of {REVISION_ACTIONS}, got {action!r}")
     if action == "deleted" and result is not None:
         raise ValueError("result must be None for a deleted revision")
+    if result is not None and not isinstance(result, (list, tuple)):
+        raise ValueError(f"result must be a list of region objects, got {type(result).__name__}")
+    if result is not None and not all(isinstance(r, Mapping) for r in result):
+        raise ValueError("result must be a list of region objects; an entry is not an object")
+    for name, value in (("ls_annotation_id", ls_annotation_id), ("completed_by", completed_by),
+                        ("updated_by", updated_by), ("parent_prediction", parent_prediction)):
+        _check_id(value, name, optional=name != "ls_annotation_id")
+    if lead_time is not None and not _finite_number(lead_time):
+        raise ValueError(f"lead_time must be a finite number of seconds, got {str(lead_time)[:40]}")
     result_json = None if result is None else [dict(r) for r in result]
     updated_at = parse_ls_time(ls_updated_at)
     if fingerprint is None:
@@ -339,7 +388,7 @@ def add_ls_annotation(session: Session, task: Task, annotation: Mapping[str, Any
 
     def user(value):
         value = value.get("id") if isinstance(value, Mapping) else value
-        return value if isinstance(value, int) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     return add_annotation_revision(
         session,

@@ -18,7 +18,9 @@ def parse_ls_time(value: str | datetime | None) -> datetime | None:
     """A Label Studio timestamp as an aware UTC datetime.
 
     Accepts ISO 8601 strings as Label Studio sends them (``2025-01-31T12:00:00.123456Z``,
-    or with an offset), aware datetimes, or None. Naive values are taken as UTC.
+    or with an offset), aware datetimes, or None. Naive values are taken as UTC. Anything else
+    (another type, a malformed string, a time that leaves datetime's range in UTC) raises a
+    ValueError naming the problem.
     """
     if value is None or value == "":
         return None
@@ -26,12 +28,15 @@ def parse_ls_time(value: str | datetime | None) -> datetime | None:
         try:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError(f"not an ISO 8601 timestamp: {value!r}") from None
+            raise ValueError(f"not an ISO 8601 timestamp: {value[:40]!r}") from None
     if not isinstance(value, datetime):
-        raise TypeError(f"expected an ISO string or datetime, got {type(value).__name__}")
+        raise ValueError(f"expected an ISO 8601 timestamp string, got {type(value).__name__}")
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"timestamp {value.isoformat()!r} is out of range in UTC") from None
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -161,7 +161,7 @@ def test_a_bad_image_fails_alone_and_is_recorded(client, sessions):
         (None, "request body must be a JSON object"),
         ({"tasks": []}, "tasks must be a non-empty list"),
         ({"tasks": [{"id": 1}]}, "tasks[0] must be an object with a 'data' object"),
-        ({"tasks": [{"id": "x", "data": {}}]}, "tasks[0] must have an integer 'id'"),
+        ({"tasks": [{"id": "x", "data": {}}]}, "tasks[0].id must be an integer id, got str"),
         ({"tasks": [task(1, "img0.png")], "project": "abc"}, "project must look like"),
         ({"tasks": [task(1, "img0.png")], "project": "9.1"}, "label_config is missing"),
         ({"tasks": [task(1, "img0.png")], "label_config": "<View><Text name='t' value='$t'/></View>"}, "no <Image> object"),

@@ -248,6 +248,50 @@ def test_live_task_with_another_image_replaces_the_live_one(session, project):
     assert [first.is_live, by_hash.is_live, by_uri.is_live] == [False, False, True]
 
 
+def test_live_task_compares_label_studio_urls_in_normal_form(session, project):
+    first = db.live_task(session, project, 4, "/data/upload/1/x.png?a=1")
+    assert db.live_task(session, project, 4, "http://ls-host:8080/data/upload/1/x.png?a=1") is first
+    assert db.live_task(session, project, 4, "https://ls.example/data/upload/1/x.png?a=1") is first
+    assert db.live_task(session, project, 4, "") is first  # unknown: the live task as it is
+    assert first.image_uri == "/data/upload/1/x.png?a=1" and first.is_live
+    other = db.live_task(session, project, 4, "http://ls-host:8080/data/upload/1/x.png?a=2")
+    assert other is not first and not first.is_live
+    assert repo.normal_image_uri("http://h/storage-data/s3/x.png") == "/storage-data/s3/x.png"
+    assert repo.normal_image_uri("http://h/images/x.png") == "http://h/images/x.png"
+    assert repo.normal_image_uri("s3://bucket/data/x.png") == "s3://bucket/data/x.png"
+    assert repo.normal_image_uri("http://[::1/data/x.png") == "http://[::1/data/x.png"
+
+
+def test_a_task_recorded_without_its_image_takes_the_first_one_given(session, project):
+    first = db.live_task(session, project, 5, "")
+    assert db.live_task(session, project, 5, "/data/upload/1/y.png", content_hash="h", width=3, height=4) is first
+    assert (first.image_uri, first.content_hash, first.width, first.height) == ("/data/upload/1/y.png", "h", 3, 4)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"ls_annotation_id": 2**63}, "ls_annotation_id must be an integer id in 0..2\\*\\*63-1"),
+        ({"ls_annotation_id": True}, "ls_annotation_id must be an integer id, got bool"),
+        ({"completed_by": -1}, "completed_by must be an integer id in"),
+        ({"parent_prediction": "3"}, "parent_prediction must be an integer id, got str"),
+        ({"result": "x"}, "result must be a list of region objects, got str"),
+        ({"result": [[1]]}, "an entry is not an object"),
+        ({"lead_time": float("nan")}, "lead_time must be a finite number"),
+        ({"lead_time": "5"}, "lead_time must be a finite number"),
+        ({"ls_updated_at": 5}, "expected an ISO 8601 timestamp string, got int"),
+        ({"ls_created_at": "yesterday"}, "not an ISO 8601 timestamp"),
+    ],
+)
+def test_add_annotation_revision_refuses_mistyped_values_with_a_value_error(session, project, changes, message):
+    task = db.live_task(session, project, 6, "a.png")
+    values = {"ls_annotation_id": 1, "result": [], **changes}
+    with pytest.raises(ValueError, match=message):
+        repo.add_annotation_revision(session, task, values.pop("ls_annotation_id"), "created", values.pop("result"), **values)
+    with pytest.raises(ValueError, match="ls_task_id must be an integer id in"):
+        db.live_task(session, project, 2**64, "a.png")
+
+
 def test_model_version_get_or_create(session, version):
     settings = {"layer": "mixed10", "method": "gradcam"}
     assert db.model_version(session, "gradcam-v1", "sha256:abc", settings) is version
