@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Float,
@@ -57,7 +58,7 @@ class Project(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     label_studio: Mapped[str] = mapped_column(String(255), default="", server_default="")
-    ls_project_id: Mapped[int] = mapped_column(Integer)
+    ls_project_id: Mapped[int] = mapped_column(BigInteger)
     title: Mapped[str | None] = mapped_column(String(255))
     label_config: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -83,7 +84,7 @@ class Task(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
-    ls_task_id: Mapped[int] = mapped_column(Integer)
+    ls_task_id: Mapped[int] = mapped_column(BigInteger)
     image_uri: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str | None] = mapped_column(String(64))
     width: Mapped[int | None] = mapped_column(Integer)
@@ -156,17 +157,17 @@ class AnnotationRevision(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
-    ls_annotation_id: Mapped[int] = mapped_column(Integer, index=True)
+    ls_annotation_id: Mapped[int] = mapped_column(BigInteger, index=True)
     action: Mapped[str] = mapped_column(String(16))
     result: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
-    completed_by: Mapped[int | None] = mapped_column(Integer)
-    updated_by: Mapped[int | None] = mapped_column(Integer)
+    completed_by: Mapped[int | None] = mapped_column(BigInteger)
+    updated_by: Mapped[int | None] = mapped_column(BigInteger)
     lead_time: Mapped[float | None] = mapped_column(Float)
     was_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
     ground_truth: Mapped[bool] = mapped_column(Boolean, default=False)
     ls_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ls_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    parent_prediction: Mapped[int | None] = mapped_column(Integer)
+    parent_prediction: Mapped[int | None] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
 
@@ -181,7 +182,7 @@ class Failure(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), index=True)
-    ls_task_id: Mapped[int | None] = mapped_column(Integer)
+    ls_task_id: Mapped[int | None] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

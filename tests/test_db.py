@@ -606,3 +606,19 @@ def test_timestamps_stay_utc_whatever_the_session_time_zone(url):
             assert session.scalar(sa.select(sa.func.count()).where(AnnotationRevision.ls_updated_at > since)) == 1
     finally:
         engine.dispose()
+
+
+def test_label_studio_ids_beyond_32_bits_are_stored(session):
+    """Label Studio's ids are bigints: 2**40 fits every id column on every database."""
+    big = 2**40
+    project = repo.upsert_project(session, big, label_studio="http://localhost:8080")
+    task = repo.live_task(session, project, big + 1, "/data/upload/1/a.png")
+    revision = repo.add_annotation_revision(
+        session, task, big + 2, "created", [], completed_by=big + 3, updated_by=big + 4, parent_prediction=big + 5
+    )
+    repo.add_failure(session, "image_fetch", "x", project=project, ls_task_id=big + 6)
+    session.commit()
+    stored = session.get(AnnotationRevision, revision.id)
+    assert (stored.task.project.ls_project_id, stored.task.ls_task_id, stored.ls_annotation_id) == (big, big + 1, big + 2)
+    assert (stored.completed_by, stored.updated_by, stored.parent_prediction) == (big + 3, big + 4, big + 5)
+    assert session.scalar(sa.select(Failure.ls_task_id)) == big + 6

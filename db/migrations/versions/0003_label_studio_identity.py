@@ -1,5 +1,6 @@
 """Label Studio identity: projects keyed by (label_studio, ls_project_id); links learnt from
-/setup shared by every backend worker; model version settings name their precision.
+/setup shared by every backend worker; model version settings name their precision; Label
+Studio's ids are 64-bit (PostgreSQL's INTEGER is 32-bit; Label Studio's ids are bigints).
 
 Existing projects get identity "" (unknown); the first command or backend that knows its Label
 Studio takes them on (db.repository.upsert_project). Model versions written by the backend
@@ -24,7 +25,26 @@ branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 
+#: (table, column, nullable) of every column that holds a Label Studio id
+LABEL_STUDIO_IDS = (
+    ("projects", "ls_project_id", False),
+    ("tasks", "ls_task_id", False),
+    ("annotation_revisions", "ls_annotation_id", False),
+    ("annotation_revisions", "completed_by", True),
+    ("annotation_revisions", "updated_by", True),
+    ("annotation_revisions", "parent_prediction", True),
+    ("failures", "ls_task_id", True),
+)
+
+
+def _widen(to, source) -> None:
+    for table, column, nullable in LABEL_STUDIO_IDS:
+        with op.batch_alter_table(table) as batch:
+            batch.alter_column(column, type_=to, existing_type=source, existing_nullable=nullable)
+
+
 def upgrade() -> None:
+    _widen(sa.BigInteger(), sa.Integer())
     with op.batch_alter_table("projects") as batch:
         batch.add_column(sa.Column("label_studio", sa.String(255), nullable=False, server_default=""))
         batch.drop_constraint("uq_projects_ls_project_id", type_="unique")
@@ -57,3 +77,4 @@ def downgrade() -> None:
         batch.drop_constraint("uq_projects_label_studio_ls_project_id", type_="unique")
         batch.create_unique_constraint("uq_projects_ls_project_id", ["ls_project_id"])
         batch.drop_column("label_studio")
+    _widen(sa.Integer(), sa.BigInteger())
