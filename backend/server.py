@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
@@ -28,6 +30,12 @@ class _Gunicorn(BaseApplication):
         from backend.app import create_app
 
         return create_app()
+
+
+def _worker_exited(_server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def main():
@@ -48,6 +56,13 @@ def main():
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     env = os.environ
+    # Every worker writes its metrics here and /metrics adds them up (backend.metrics); set before
+    # the workers import prometheus_client, emptied so that no earlier run's counts are added.
+    metrics_dir = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="labeler-metrics-"))
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     _Gunicorn(
         {
             "bind": f"{env.get('BACKEND_HOST', '127.0.0.1')}:{env.get('BACKEND_PORT', '9090')}",
@@ -57,5 +72,6 @@ def main():
             "timeout": int(env.get("BACKEND_TIMEOUT", "300")),
             "preload_app": False,
             "accesslog": None,
+            "child_exit": _worker_exited,
         }
     ).run()

@@ -168,6 +168,12 @@ def test_three_workers_lose_nothing_under_concurrent_load(backend, postgres_data
             assert [r["result"] != [] for r in reply["results"]] == [True] * len(body["tasks"])
     stored = sum(reply["stored"] for route, _, _, reply, _ in answers if route == "/webhook")
     assert stored == CREATED + UPDATED  # every duplicate delivery answered "stored": 0
+    metrics = requests.get(f"{backend}/metrics", timeout=10).text  # every worker's counts, not one's
+    counted = sum(
+        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+        if line.startswith("labeler_requests_total{") and ('route="/predict"' in line or 'route="/webhook"' in line)
+    )
+    assert counted == len(answers)
 
     engine = make_engine(postgres_database)
     try:
