@@ -13,12 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pydicom
 import pytest
 import sqlalchemy as sa
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
 from db.engine import make_engine, session_factory
@@ -29,6 +25,7 @@ from labeler.cli import app
 from labeler.patients import keyed, patient_key, patient_secret
 from labeler.project import _as_png
 from labeler.workspace import Workspace
+from test_workflow import write_dicom
 
 REPO = Path(__file__).resolve().parents[1]
 LABELER = Path(sys.executable).with_name("labeler")
@@ -38,23 +35,6 @@ PATIENT = "PATIENT-0042"
 def old_value(patient_id: str) -> str:
     """What earlier versions stored: sha256(PatientID) hex[:16], reversible by enumeration."""
     return hashlib.sha256(patient_id.encode()).hexdigest()[:16]
-
-
-def write_dicom(path: Path, patient_id: str, seed: int) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.PatientName, ds.PatientID = "Doe^Jane", patient_id
-    ds.Modality, ds.PhotometricInterpretation = "DX", "MONOCHROME2"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = 40, 50, 1
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.random.default_rng(seed).integers(0, 255, (40, 50), dtype=np.uint8).tobytes()
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def secret_of(url: str) -> str:

@@ -38,7 +38,8 @@ from labeler.synthetic import write_dataset
 CLASSES = ("covid", "normal", "pneumonia")
 
 
-def write_dicom(path: Path, patient_id: str):
+def write_dicom(path: Path, patient_id: str, seed: int | None = None) -> Path:
+    """A small DX DICOM of ``patient_id``; its pixels follow ``seed`` (default: the id's length)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -49,9 +50,11 @@ def write_dicom(path: Path, patient_id: str):
     ds.Modality, ds.PhotometricInterpretation = "DX", "MONOCHROME2"
     ds.Rows, ds.Columns, ds.SamplesPerPixel = 80, 100, 1
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.random.default_rng(len(patient_id)).integers(0, 255, (80, 100), dtype=np.uint8).tobytes()
+    seed = len(patient_id) if seed is None else seed
+    ds.PixelData = np.random.default_rng(seed).integers(0, 255, (80, 100), dtype=np.uint8).tobytes()
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 @pytest.fixture(scope="module")
