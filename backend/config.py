@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from explain.prelabel import SOURCES
+from explain.sources import SOURCES
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -117,7 +117,7 @@ class Settings:
             prelabel_source=_source(env.get("PRELABEL_SOURCE", cls.prelabel_source), "PRELABEL_SOURCE"),
             project_sources=_project_sources(env.get("PROJECT_PRELABEL_SOURCES", "")),
         )
-        if settings.sources - {"gradcam"} and settings.segmenter_path is None:
+        if any(SOURCES[source].needs_segmenter for source in settings.sources) and settings.segmenter_path is None:
             raise ValueError("SEGMENTER_PATH is not set, but a project pre-labels from the segmenter")
         return settings
 

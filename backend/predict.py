@@ -5,20 +5,17 @@ row; the other tasks of the batch are pre-labelled as usual.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-from explain.fetch import FetchError, ImageFetcher
-from explain.labeling import LabelingPlan
 from backend.metrics import Metrics
 from backend.predictor import Pipeline
 from db import repository
 from db.timestamps import parse_ls_time
-from explain.images import ImageError, load_image
-from explain.labelstudio import prelabel_results
+from explain.fetch import ImageFetcher
+from explain.labeling import LabelingPlan
+from explain.service import PrelabelService, TaskOutcome
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +37,6 @@ ID_MAX = 2**63 - 1  # Label Studio ids are positive 64-bit integers (bigint prim
 
 class StorageUnavailable(Exception):
     """The database refused a batch; nothing of it is answered (HTTP 503, Label Studio retries)."""
-
-
-@dataclass
-class TaskImage:
-    index: int
-    task_id: int
-    uri: str
-    image: object = None
-    content_hash: str | None = None
-    failure: tuple[str, str] | None = None
 
 
 def parse_id(value, name: str) -> int:
@@ -155,85 +142,41 @@ def predict_tasks(
     """One Label Studio prediction per task, in order (see the module docstring); stored under
     the project of Label Studio ``label_studio`` (a `db.identity` string, "" when unknown)."""
     watch = Stopwatch(metrics)
-    items = [TaskImage(n, task["id"], task["data"].get(plan.data_key)) for n, task in enumerate(tasks)]
-    for item in items:
-        _load(item, fetcher, watch)
-    _log_failures(items)
-    good = [item for item in items if item.failure is None]
-    images = [item.image for item in good]
-    with watch.stage("model"):
-        explanations = pipeline.prelabeler.explain(images)
-    with watch.stage("regions"):
-        prelabels = pipeline.prelabeler.regions(images, explanations)
-    version = pipeline.version
-    answers = [{"result": [], "score": 0.0, "model_version": version} for _ in items]
-    with watch.stage("results"):
-        for item, prelabel in zip(good, prelabels):
-            results = [r for controls in plan.controls for r in prelabel_results(prelabel, controls)]
-            answers[item.index] = {
-                "result": results,
-                "score": prelabel.probabilities[prelabel.predicted],
-                "model_version": version,
-            }
+    service = PrelabelService(pipeline.prelabeler, pipeline.loaded.version, plan, fetcher, stage=watch.stage)
+    outcomes = service.read(tasks)
+    _log_failures(outcomes)
+    service.label(outcomes)
     with watch.stage("database"):
         try:
-            _store(sessions, project_id, items, dict(zip((i.index for i in good), prelabels)), answers, pipeline, label_studio)
+            if project_id is not None:
+                with sessions.begin() as session:
+                    repository.store_outcomes(
+                        session, project_id, service.version, pipeline.loaded.version, service.recorded_settings,
+                        outcomes, label_studio=label_studio,
+                    )
         except Exception as exc:
             # Database first: what we could not store is not answered either, so Label Studio stores
             # nothing and asks again later instead of holding predictions our database lacks.
             metrics.failures.labels(kind="database").inc()
             reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
-            log.error("storing %d predictions failed: %s", len(items), reason[:300])
+            log.error("storing %d predictions failed: %s", len(outcomes), reason[:300])
             raise StorageUnavailable(f"the predictions could not be stored: {reason[:300]}") from None
-    for item in items:
-        if item.failure:
-            metrics.failures.labels(kind=item.failure[0]).inc()
-    metrics.predictions.inc(len(good))
-    return answers
+    for outcome in outcomes:
+        if outcome.failure:
+            metrics.failures.labels(kind=outcome.failure[0]).inc()
+    metrics.predictions.inc(sum(o.prelabel is not None for o in outcomes))
+    return [outcome.answer for outcome in outcomes]
 
 
-def _load(item: TaskImage, fetcher: ImageFetcher, watch: Stopwatch):
-    try:
-        with watch.stage("fetch"):
-            data = fetcher.fetch(item.uri, item.task_id)
-        with watch.stage("decode"):
-            item.image = load_image(data, name=f"task {item.task_id}")
-        item.content_hash = hashlib.sha256(data).hexdigest()
-    except FetchError as exc:
-        item.failure = (exc.kind, f"task {item.task_id}: {exc}")
-    except ImageError as exc:
-        item.failure = ("image_decode", str(exc))
-
-
-def _log_failures(items: list[TaskImage], shown: int = 20):
+def _log_failures(outcomes: list[TaskOutcome], shown: int = 20):
     """One warning per failure kind of a batch: how many tasks, the first ``shown`` task ids and
     the first message (a batch of thousands of bad tasks must not write thousands of lines)."""
-    by_kind: dict[str, list[TaskImage]] = {}
-    for item in items:
-        if item.failure:
-            by_kind.setdefault(item.failure[0], []).append(item)
+    by_kind: dict[str, list[TaskOutcome]] = {}
+    for outcome in outcomes:
+        if outcome.failure:
+            by_kind.setdefault(outcome.failure[0], []).append(outcome)
     for kind, failed in by_kind.items():
-        ids = ", ".join(str(item.task_id) for item in failed[:shown])
+        ids = ", ".join(str(o.task_id) for o in failed[:shown])
         more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
         first = failed[0].failure[1][:200].encode("utf-8", "backslashreplace").decode()  # no lone surrogates
         log.warning("%d task(s) failed (%s): tasks %s%s; first: %s", len(failed), kind, ids, more, first)
-
-
-def _store(sessions, project_id, items, prelabels, answers, pipeline: Pipeline, label_studio: str):
-    """Every prediction and failure of the batch, in one transaction."""
-    if project_id is None:
-        return
-    records = [
-        repository.PredictionRecord.of(
-            prelabels[item.index], item.task_id, item.uri, item.content_hash,
-            answers[item.index]["result"], answers[item.index]["score"],
-        )
-        for item in items
-        if item.failure is None
-    ]
-    failures = [(item.task_id, *item.failure) for item in items if item.failure]
-    with sessions.begin() as session:
-        repository.store_predictions(
-            session, project_id, pipeline.version, pipeline.loaded.version, pipeline.settings, records, failures,
-            label_studio=label_studio,
-        )

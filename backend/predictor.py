@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.config import Settings
-from explain.gradcam import Target
 from explain.prelabel import Prelabeler, PrelabelSettings
-from explain.regions import RegionSettings, Threshold
+from explain.prelabel import prelabel_settings as shared_prelabel_settings
+from explain.sources import source_named
 from models.loading import LoadedModel, load_classifier, load_segmenter, with_mixed_precision
 from models.segmentation import Segmenter
 
@@ -19,22 +19,18 @@ log = logging.getLogger(__name__)
 
 
 def prelabel_settings(settings: Settings, source: str = "gradcam") -> PrelabelSettings:
-    """The pipeline settings of one source named by the environment (ValueError names a bad one).
-    Grad-CAM maps are cut by CAM_THRESHOLD, segmenter and fusion maps by SEGMENTER_THRESHOLD."""
-    name, text = ("CAM_THRESHOLD", settings.cam_threshold)
-    if source != "gradcam":
-        name, text = ("SEGMENTER_THRESHOLD", settings.segmenter_threshold)
-    try:
-        threshold = Threshold.parse(text)
-    except ValueError as exc:
-        raise ValueError(f"{name} {text!r}: {exc}") from None
-    return PrelabelSettings(
+    """The pipeline settings of one source named by the environment (ValueError names a bad one)."""
+    return shared_prelabel_settings(
         method=settings.cam_method,
         layer=settings.cam_layer,
-        target=Target.parse(settings.cam_target),
-        regions=RegionSettings(threshold, min_area=settings.cam_min_area, max_vertices=settings.cam_max_vertices),
+        target=settings.cam_target,
+        cam_threshold=settings.cam_threshold,
+        segmenter_threshold=settings.segmenter_threshold,
+        min_area=settings.cam_min_area,
+        max_vertices=settings.cam_max_vertices,
         source=source,
         precision="mixed_float16" if settings.mixed_precision else "float32",
+        option_names=("CAM_THRESHOLD", "SEGMENTER_THRESHOLD"),
     )
 
 
@@ -57,10 +53,8 @@ class Pipeline:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        """The classifier's classes, then the segmenter's labels it does not share (what a
-        labelling config's labels are matched against)."""
-        classes = self.loaded.spec.class_names
-        return classes + tuple(n for n in self.prelabeler.region_names if n not in classes)
+        """What a labelling config's labels are matched against (``Prelabeler.label_names``)."""
+        return self.prelabeler.label_names
 
 
 class ModelUnavailable(Exception):
@@ -115,7 +109,7 @@ class Predictor:
         if self.settings.mixed_precision:
             model = self._model("classifier-fp16", lambda: with_mixed_precision(loaded.model))
         segmenter = None
-        if source != "gradcam":
+        if source_named(source).needs_segmenter:
             segmenter = self._model(
                 "segmenter", lambda: Segmenter(load_segmenter(self.settings.segmenter_path), self.settings.batch_size)
             )

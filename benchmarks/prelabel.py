@@ -136,17 +136,18 @@ class StageTimers:
     def wrapped(self, ws):
         import db.repository
         import explain.prelabel
+        import explain.service as service
         import labeler.prelabeling as prelabeling
         from explain.fetch import ImageFetcher
         from explain.prelabel import Prelabeler
 
         targets = [
             (ImageFetcher, "fetch", "fetch"),
-            (prelabeling, "load_image", "decode"),
+            (service, "load_image", "decode"),
             (explain.prelabel, "model_inputs", "preprocess"),
             (Prelabeler, "explain", "explain"),  # includes model_inputs; "model" = explain - preprocess
             (Prelabeler, "regions", "regions"),
-            (prelabeling, "prelabel_results", "results"),
+            (service, "prelabel_results", "results"),
             (type(ws.client.projects), "import_predictions", "post"),
             (db.repository, "store_predictions", "database"),
             (prelabeling, "load_classifier", "load"),

@@ -633,3 +633,26 @@ def save_link(session: Session, project_key: str, label_studio: str, url: str, t
         link.updated_at = utcnow()
         session.flush()
     return link
+
+
+def store_outcomes(
+    session: Session,
+    ls_project_id: int,
+    version_name: str,
+    weights_id: str,
+    settings: Mapping[str, Any],
+    outcomes: Sequence[Any],
+    label_studio: str = "",
+) -> Project:
+    """`store_predictions` for a batch of ``explain.service.TaskOutcome`` (read by attribute:
+    ``task_id``, ``uri``, ``content_hash``, ``prelabel``, ``answer``, ``failure``), as the backend
+    and ``labeler prelabel`` both store them."""
+    records = [
+        PredictionRecord.of(o.prelabel, o.task_id, o.uri, o.content_hash, o.answer["result"], o.answer["score"])
+        for o in outcomes
+        if o.prelabel is not None
+    ]
+    failures = [(o.task_id, *o.failure) for o in outcomes if o.failure is not None]
+    return store_predictions(
+        session, ls_project_id, version_name, weights_id, settings, records, failures, label_studio=label_studio
+    )

@@ -3,10 +3,10 @@
 images (original size) -> model input -> probabilities + class heatmaps (one compiled call per
 batch) -> heatmaps resized to each ORIGINAL image -> regions (mask, polygon, box, score).
 
-The maps that become regions come from one of three sources (``PrelabelSettings.source``):
-"gradcam" (the classifier's class maps), "segmenter" (a trained segmenter's per-label
-probabilities) or "fusion" (the segmenter's map confirmed by Grad-CAM: the geometric mean of the
-two, so a pixel needs both). The classifier always gives the class probabilities.
+The maps that become regions come from one of the sources registered in ``explain.sources``
+(``PrelabelSettings.source``): "gradcam" (the classifier's class maps), "segmenter" (a trained
+segmenter's per-label probabilities) or "fusion" (the segmenter's map confirmed by Grad-CAM). The
+classifier always gives the class probabilities.
 """
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ import cv2
 import numpy as np
 
 from explain.gradcam import Explanation, GradCam, Target
-from explain.labeling import NEGATIVE_CLASSES
-from explain.regions import Region, RegionSettings, extract_regions
+from explain.regions import Region, RegionSettings, Threshold, extract_regions, resize_heatmap
+from explain.sources import source_named
 
-SOURCES = ("gradcam", "segmenter", "fusion")
 PRECISIONS = ("float32", "mixed_float16")
 
 
@@ -58,8 +57,7 @@ class PrelabelSettings:
     precision: str = "float32"  # "mixed_float16": the classifier computes in float16 (backend MIXED_PRECISION)
 
     def __post_init__(self):
-        if self.source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        source_named(self.source)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -70,11 +68,40 @@ class PrelabelSettings:
         layer = layer_name or self.layer or "auto"
         cam = f"{self.method}@{layer}-{self.score}-{self.target.describe()}"
         fp16 = "-fp16" if self.precision == "mixed_float16" else ""
-        if self.source == "gradcam":
-            return f"{cam}-{self.regions.describe()}{fp16}"
-        if self.source == "segmenter":
-            return f"segmenter:{segmenter_version}-{self.regions.describe()}{fp16}"
-        return f"fusion:{segmenter_version}+{cam}-{self.regions.describe()}{fp16}"
+        return source_named(self.source).describe(cam, self.regions.describe(), segmenter_version) + fp16
+
+
+def prelabel_settings(
+    *,
+    method: str = "layercam",
+    layer: str | None = None,
+    target: str = "predicted",
+    cam_threshold: str = "fraction:0.2",
+    segmenter_threshold: str = "value:0.5",
+    min_area: float = 0.001,
+    max_vertices: int = 64,
+    source: str = "gradcam",
+    precision: str = "float32",
+    option_names: tuple[str, str] = ("--threshold", "--segmenter-threshold"),
+) -> PrelabelSettings:
+    """The one settings factory of both faces (the backend passes its variable names as
+    ``option_names``, which a ValueError names). Grad-CAM maps are cut at ``cam_threshold``,
+    segmenter and fusion maps at ``segmenter_threshold``."""
+    name, text = (option_names[0], cam_threshold)
+    if source_named(source).needs_segmenter:
+        name, text = (option_names[1], segmenter_threshold)
+    try:
+        threshold = Threshold.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{name} {text!r}: {exc}") from None
+    return PrelabelSettings(
+        method=method,
+        layer=layer,
+        target=Target.parse(target),
+        regions=RegionSettings(threshold, min_area=min_area, max_vertices=max_vertices),
+        source=source,
+        precision=precision,
+    )
 
 
 @dataclass(frozen=True)
@@ -112,11 +139,6 @@ class Prelabel:
         return max(self.probabilities, key=self.probabilities.get)
 
 
-def resize_heatmap(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(h, w) heatmap -> (height, width) float32, bilinear with half-pixel alignment (OpenCV)."""
-    return cv2.resize(np.asarray(heatmap, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-
-
 def model_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     """Images (each (H, W, 3) float in [0, 1], any size) -> (N, h, w, channels) model input."""
     height, width = spec.input_size
@@ -132,7 +154,8 @@ class Prelabeler:
         self, model, spec: InputSpec, settings: PrelabelSettings = PrelabelSettings(), batch_size: int = 32,
         segmenter: LesionMaps | None = None,
     ):
-        if (settings.source != "gradcam") != (segmenter is not None):
+        self.source = source_named(settings.source)
+        if self.source.needs_segmenter != (segmenter is not None):
             raise ValueError(f"source {settings.source!r} needs a segmenter exactly when it is not 'gradcam'")
         self.spec = spec
         self.settings = settings
@@ -143,6 +166,13 @@ class Prelabeler:
     def description(self) -> str:
         """The settings with the target layer actually used (and the segmenter's weights id)."""
         return self.settings.describe(self.cam.layer_name, self.segmenter.version if self.segmenter else None)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The classifier's classes, then the segmenter's labels it does not share (what a
+        labelling config's labels are matched against)."""
+        classes = tuple(self.spec.class_names)
+        return classes + tuple(n for n in self.region_names if n not in classes)
 
     @property
     def region_names(self) -> tuple[str, ...]:
@@ -185,17 +215,9 @@ class Prelabeler:
     def _maps(self, output: ModelOutput) -> list[tuple[str, float, np.ndarray]]:
         """(name, probability, low-resolution map in [0, 1]) for every name that gets regions."""
         names = self.spec.class_names
-        explanation = output.explanation
-        cam_maps = [(names[m.class_index], m.probability, m.heatmap) for m in explanation.maps]
-        if self.settings.source == "gradcam":
-            return cam_maps
-        lesion = output.lesion_maps
-        if self.settings.source == "fusion":
-            height, width = lesion.shape[:2]
-            evidence = [resize_heatmap(h, width, height) for name, _, h in cam_maps if name.lower() not in NEGATIVE_CLASSES]
-            cam = np.clip(np.max(evidence, axis=0), 0.0, 1.0) if evidence else np.zeros((height, width), np.float32)
-            lesion = np.sqrt(np.clip(lesion, 0.0, 1.0) * cam[..., None])
-        return [(label, float(lesion[..., i].max()), lesion[..., i]) for i, label in enumerate(self.segmenter.labels)]
+        cam_maps = [(names[m.class_index], m.probability, m.heatmap) for m in output.explanation.maps]
+        labels = self.segmenter.labels if self.segmenter else ()
+        return self.source.maps(cam_maps, output.lesion_maps, labels)
 
     def _prelabel(self, image, roi, output: ModelOutput) -> Prelabel:
         height, width = image.shape[:2]

@@ -112,6 +112,11 @@ class Region:
     polygon: np.ndarray
 
 
+def resize_heatmap(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(h, w) heatmap -> (height, width) float32, bilinear with half-pixel alignment (OpenCV)."""
+    return cv2.resize(np.asarray(heatmap, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def threshold_mask(heatmap: np.ndarray, threshold: Threshold, roi: np.ndarray | None = None) -> np.ndarray:
     """Binary mask of the hot pixels.
 

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from explain.sources import SOURCES
 from labeler.workspace import DEFAULT_DATABASE, ApiKey, DatabaseUrl, LabelStudioUrl, ProjectId, Workspace
 
 app = typer.Typer(
@@ -52,24 +53,26 @@ def one_line_errors(command):
     return wrapper
 
 
-def prelabel_settings(method, layer, target, threshold, min_area, max_vertices):
-    from explain.gradcam import Target
-    from explain.prelabel import PrelabelSettings
-    from explain.regions import RegionSettings, Threshold
+def prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source="gradcam", segmenter_threshold="value:0.5"):
+    from explain.prelabel import prelabel_settings as settings
 
-    try:
-        parsed = Threshold.parse(threshold)
-    except ValueError as exc:
-        raise ValueError(f"--threshold {threshold!r}: {exc}") from None
-    return PrelabelSettings(
-        method=method,
-        layer=layer,
-        target=Target.parse(target),
-        regions=RegionSettings(parsed, min_area=min_area, max_vertices=max_vertices),
+    return settings(
+        method=method, layer=layer, target=target, cam_threshold=threshold, segmenter_threshold=segmenter_threshold,
+        min_area=min_area, max_vertices=max_vertices, source=source,
     )
 
 
-Method = Annotated[str, typer.Option(help="gradcam, guided, gradcam++, hirescam or layercam.")]
+METHOD_NAMES = ("gradcam", "guided", "gradcam++", "hirescam", "layercam")  # explain.methods.METHODS (a test keeps them equal)
+Method = Annotated[str, typer.Option(help=f"CAM method: {', '.join(METHOD_NAMES)}.")]
+SourceOption = Annotated[
+    str, typer.Option("--source", help="Where regions come from: " + "; ".join(f"{n}: {s.summary}" for n, s in SOURCES.items()) + ".")
+]
+SegmenterOption = Annotated[
+    Optional[Path], typer.Option("--segmenter", help="U-Net from train-segmenter (needed by the segmenter and fusion sources).")
+]
+SegmenterThreshold = Annotated[
+    str, typer.Option("--segmenter-threshold", help="Where segmenter / fusion maps are cut: value:P, fraction:F, percentile:P or otsu.")
+]
 Layer = Annotated[Optional[str], typer.Option(help="Target layer (default: the spec's, else the last 4-D layer).")]
 TargetOption = Annotated[str, typer.Option("--target", help="'predicted', a class name, or 'above:P' for every class with probability >= P.")]
 ThresholdOption = Annotated[str, typer.Option("--threshold", help="fraction:F (of the max), percentile:P or otsu.")]
@@ -314,6 +317,9 @@ def prelabel(
     threshold: ThresholdOption = "fraction:0.2",
     min_area: MinArea = 0.001,
     max_vertices: MaxVertices = 64,
+    source: SourceOption = "gradcam",
+    segmenter: SegmenterOption = None,
+    segmenter_threshold: SegmenterThreshold = "value:0.5",
     document_root: DocumentRoot = None,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
@@ -324,8 +330,12 @@ def prelabel(
     from labeler.prelabeling import prelabel_project
 
     ws = Workspace(label_studio_url, api_key, project, database_url)
-    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices)
-    report = prelabel_project(ws, model, settings, batch_size, document_root)
+    if source not in SOURCES:
+        raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if SOURCES[source].needs_segmenter and segmenter is None:
+        raise ValueError(f"--source {source} needs --segmenter (a U-Net from `labeler train-segmenter`)")
+    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold)
+    report = prelabel_project(ws, model, settings, batch_size, document_root, segmenter_path=segmenter)
     for line in report.failed:
         errors.print(f"error: {line}", markup=False, highlight=False)
     console.print(

@@ -11,7 +11,8 @@ import numpy as np
 from explain.images import ImageError, load_image
 from explain.labelstudio import Controls, prelabel_results
 from explain.overlay import colorize, overlay, panel
-from explain.prelabel import Prelabel, Prelabeler, PrelabelSettings, resize_heatmap
+from explain.prelabel import Prelabel, Prelabeler, PrelabelSettings
+from explain.regions import resize_heatmap
 from models.loading import load_classifier
 
 

@@ -11,7 +11,6 @@ one overlap with the model's work.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,13 +19,14 @@ from pathlib import Path
 from rich.progress import Progress
 
 from db import repository
-from explain.fetch import FetchError, ImageFetcher
-from explain.images import ImageError, load_image
+from explain.fetch import ImageFetcher
 from explain.labeling import plan_for
-from explain.labelstudio import prelabel_results
 from explain.prelabel import Prelabeler, PrelabelSettings
+from explain.service import PrelabelService
+from explain.sources import source_named
 from labeler.workspace import Workspace
-from models.loading import load_classifier
+from models.loading import load_classifier, load_segmenter
+from models.segmentation import Segmenter
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,22 @@ def prelabel_project(
     batch_size: int = 16,
     document_root: Path | None = None,
     label_map: dict[str, str] | None = None,
+    segmenter_path: Path | None = None,
 ) -> PrelabelReport:
-    """Pre-label every task of ``ws``'s project that lacks a prediction of this model version."""
+    """Pre-label every task of ``ws``'s project that lacks a prediction of this model version, with
+    the source ``settings.source`` (the segmenter and fusion sources need ``segmenter_path``)."""
     project_id = ws.require_project()
     loaded = load_classifier(model_path)
-    prelabeler = Prelabeler(loaded.model, loaded.spec, settings, batch_size)
-    version = prelabeler.version(loaded.version)
+    segmenter = None
+    if source_named(settings.source).needs_segmenter:
+        if segmenter_path is None:
+            raise ValueError(f"the {settings.source} source needs a segmenter (--segmenter)")
+        segmenter = Segmenter(load_segmenter(segmenter_path), batch_size)
+    prelabeler = Prelabeler(loaded.model, loaded.spec, settings, batch_size, segmenter)
     project = ws.client.projects.get(id=project_id)
-    plan = plan_for(project.label_config, loaded.spec.class_names, label_map)
+    plan = plan_for(project.label_config, prelabeler.label_names, label_map)
+    service = PrelabelService(prelabeler, loaded.version, plan, ImageFetcher(ws.label_studio_url, ws.auth, document_root))
+    version = service.version
     done = {p.task for p in ws.client.predictions.list(project=project_id) if p.model_version == version}
     tasks = [t for t in ws.client.tasks.list(project=project_id, fields="all") if t.id not in done]
     reposts = _stored_but_not_posted(ws, project_id, version, tasks, plan.data_key)
@@ -65,55 +73,38 @@ def prelabel_project(
         ws.client.projects.import_predictions(id=project_id, request=reposts[start : start + batch_size])
     reposted = {post["task"] for post in reposts}
     tasks = [t for t in tasks if t.id not in reposted]
-    fetcher = ImageFetcher(ws.label_studio_url, ws.auth, document_root)
 
     def read(batch):
-        """Images of a batch, and (task, uri, content hash) of each; failures as (task, kind, message)."""
-        images, ok, failures = [], [], []
-        for task in batch:
-            uri = task.data.get(plan.data_key)
-            try:
-                data = fetcher.fetch(uri, task.id)
-                images.append(load_image(data, name=f"task {task.id}"))
-                ok.append((task, uri, hashlib.sha256(data).hexdigest()))
-            except FetchError as exc:
-                failures.append((task.id, exc.kind, f"task {task.id}: {exc}"))
-            except ImageError as exc:
-                failures.append((task.id, "image_decode", str(exc)))
-        return images, ok, failures
+        return service.read([{"id": task.id, "data": task.data} for task in batch])
 
-    def save(posts, records, failures):
+    def save(outcomes):
         with ws.sessions.begin() as session:  # database first: see the module docstring
-            repository.store_predictions(
-                session, project_id, version, loaded.version, prelabeler.recorded_settings, records, failures,
+            repository.store_outcomes(
+                session, project_id, version, loaded.version, service.recorded_settings, outcomes,
                 label_studio=ws.label_studio,
             )
+        posts = [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]
         if posts:  # one request per batch: a request per task costs more than the model
             ws.client.projects.import_predictions(id=project_id, request=posts)
 
     batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
     predicted, failed = 0, []
     start = time.perf_counter()
-    # The model runs here while a worker reads the next batch and posts / stores the previous one.
+    # The model runs here while a worker reads the next batch and stores / posts the previous one.
     with Progress() as progress, ThreadPoolExecutor(max_workers=2) as pool:
         bar = progress.add_task("pre-labelling", total=len(tasks))
         reading = pool.submit(read, batches[0]) if batches else None
         saving = None
         for n, batch in enumerate(batches):
-            images, ok, failures = reading.result()
+            outcomes = reading.result()
             if n + 1 < len(batches):
                 reading = pool.submit(read, batches[n + 1])
-            posts, records = [], []
-            for (task, uri, digest), prelabel in zip(ok, prelabeler(images)):
-                results = [r for controls in plan.controls for r in prelabel_results(prelabel, controls)]
-                score = prelabel.probabilities[prelabel.predicted]
-                posts.append({"task": task.id, "result": results, "score": score, "model_version": version})
-                records.append(repository.PredictionRecord.of(prelabel, task.id, uri, digest, results, score))
+            service.label(outcomes)
             if saving is not None:
                 saving.result()
-            saving = pool.submit(save, posts, records, failures)
-            predicted += len(records)
-            failed += [message for _, _, message in failures]
+            saving = pool.submit(save, outcomes)
+            predicted += sum(o.prelabel is not None for o in outcomes)
+            failed += [o.failure[1] for o in outcomes if o.failure]
             progress.advance(bar, len(batch))
         if saving is not None:
             saving.result()

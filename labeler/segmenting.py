@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from explain.images import load_image, to_uint8
-from explain.prelabel import resize_heatmap
+from explain.regions import resize_heatmap
 from explain.regions import RegionSettings, Threshold, extract_regions
 from labeler.agreement import dice, iou
 from models.datasets import export_labels, export_rows

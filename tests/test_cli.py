@@ -314,3 +314,16 @@ def test_explain_shared_research_images(shared_data, trained, tmp_path):
     assert result.exit_code == 0, result.output
     tasks = [check_outputs(tmp_path, image) for image in images]
     assert sum(map(regions, tasks)) > 0
+
+
+def test_method_and_source_help_lists_what_the_code_has():
+    """The command line names CAM methods without importing TensorFlow; this keeps that list and
+    the engine's registry equal, and the sources' help generated from their registry."""
+    from explain.methods import METHODS
+    from explain.sources import SOURCES
+    from labeler import cli
+
+    assert set(cli.METHOD_NAMES) == set(METHODS)
+    result = CliRunner().invoke(cli.app, ["prelabel", "--help"], env={"COLUMNS": "400"})
+    for name in SOURCES:
+        assert name in result.output

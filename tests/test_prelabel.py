@@ -122,3 +122,48 @@ def test_empty_batch_and_bad_roi_count(brightness_model):
     assert prelabeler([]) == []
     with pytest.raises(ValueError, match="rois must have one entry per image"):
         prelabeler([picture(10, 10, [])], rois=[None, None])
+
+
+def test_service_reads_in_parallel_answers_in_order_and_isolates_failures(brightness_model):
+    import threading
+    import time
+    from contextlib import nullcontext
+
+    import cv2
+
+    from explain.fetch import FetchError
+    from explain.labeling import plan_for
+    from explain.service import PrelabelService
+
+    model, spec = brightness_model
+    threads = set()
+
+    class Fetcher:
+        def fetch(self, uri, task_id):
+            threads.add(threading.get_ident())
+            time.sleep(0.05)  # a network wait: the next reads start meanwhile
+            if uri == "missing":
+                raise FetchError("image_fetch", "image download answered HTTP 404")
+            width = int(uri)
+            return cv2.imencode(".png", (picture(50, width, [(5, 5, 20, 20)]) * 255).astype(np.uint8))[1].tobytes()
+
+    config = ('<View><Image name="image" value="$image"/><BrushLabels name="mask" toName="image">'
+              '<Label value="bright"/></BrushLabels></View>')
+    stages = []
+
+    def stage(name):
+        stages.append(name)
+        return nullcontext()
+
+    service = PrelabelService(Prelabeler(model, spec), "w1", plan_for(config, spec.class_names), Fetcher(), stage=stage)
+    widths = ["60", "missing", "70", "80", "90", "100"]
+    outcomes = service([{"id": n, "data": {"image": w}} for n, w in enumerate(widths)])
+    assert [o.task_id for o in outcomes] == list(range(6))
+    assert outcomes[1].failure == ("image_fetch", "task 1: image download answered HTTP 404")
+    assert outcomes[1].answer == {"result": [], "score": 0.0, "model_version": service.version}
+    for outcome, width in zip(outcomes, widths):
+        if width != "missing":
+            assert outcome.prelabel.width == int(width) and outcome.answer["result"]
+            assert outcome.answer["model_version"] == service.version == Prelabeler(model, spec).version("w1")
+    assert len(threads) > 1  # the images were read on several threads
+    assert {"fetch", "decode", "model", "regions", "results"} <= set(stages)

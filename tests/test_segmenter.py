@@ -298,3 +298,37 @@ def test_backend_refuses_a_segmenter_source_without_a_segmenter(tmp_path):
             Settings.from_env({"MODEL_PATH": "m.keras", **env})
     settings = Settings.from_env({"MODEL_PATH": "m.keras", "SEGMENTER_PATH": "s.keras", "PROJECT_PRELABEL_SOURCES": "3=fusion"})
     assert settings.source_for(3) == "fusion" and settings.source_for(4) == "gradcam" and settings.source_for(None) == "gradcam"
+
+
+@pytest.mark.parametrize("source", ["segmenter", "fusion"])
+def test_prelabel_command_has_every_source_of_the_backend(models, label_studio, ls, tmp_path, source):
+    """`labeler prelabel --source S` pre-labels with the backend's pipeline: the same model
+    version (so neither asks again for what the other did) and the U-Net's regions."""
+    classifier_path, segmenter_path = models
+    env = {
+        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'labeler.db'}", "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
+    }
+    runner = CliRunner()
+    output = runner.invoke(app, ["init", "--model", str(classifier_path), "--title", f"cli-{source}"], env=env).output
+    env["LABEL_STUDIO_PROJECT"] = project = output.split("LABEL_STUDIO_PROJECT=")[1].split()[0]
+    images, _ = synthetic_set(3, seed=13, opacity_share=1.0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for n, image in enumerate(images):
+        cv2.imwrite(str(folder / f"img{n}.png"), image[..., 0])
+    assert runner.invoke(app, ["import", str(folder)], env=env).exit_code == 0
+    result = runner.invoke(
+        app, ["prelabel", "--model", str(classifier_path), "--source", source, "--segmenter", str(segmenter_path)], env=env,
+    )
+    assert result.exit_code == 0, result.output
+    predictions = ls.predictions.list(project=int(project))
+    assert len(predictions) == 3
+    backend = create_app(make_settings(tmp_path, classifier_path, label_studio.document_root, segmenter_path=segmenter_path,
+                                       prelabel_source=source, cam_threshold="fraction:0.2")).test_client()
+    backend_version = backend.post("/setup", json={"project": "99"}).json["model_version"]
+    assert {p.model_version for p in predictions} == {backend_version}
+    if source == "segmenter":  # (fusion's map also needs the untrained classifier's agreement)
+        assert any(r["type"] == "brushlabels" for p in predictions for r in p.result)
+    missing = runner.invoke(app, ["prelabel", "--model", str(classifier_path), "--source", source], env=env)
+    assert missing.exit_code == 2 and "needs --segmenter" in missing.output
