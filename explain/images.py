@@ -35,6 +35,10 @@ _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _MARKER_ENDED = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes}
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # 0xF7: JPEG-LS
 _J2K_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the image and tile size segment
+# Pillow decodes JPEG Baseline / Extended (8-bit) and JPEG 2000; JPEG Lossless and JPEG-LS need
+# libjpeg (GPL-3), which the default install leaves out: pyproject's optional `dicom-jpeg` extra.
+_EXTRA_DECODES = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes}
+_EXTRA_HINT = "; install the dicom-jpeg extra: pip install 'cxr-labeler[dicom-jpeg]'"
 _EPS = 1e-8
 
 Source = str | os.PathLike | bytes | bytearray
@@ -171,7 +175,8 @@ def _decode_dicom(label: str, ds: Dataset) -> np.ndarray:
     syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
     codec = f" ({syntax.name})" if syntax else ""
     if syntax and not _has_decoder(syntax):
-        raise ImageError(f"{label}: no decoder installed for DICOM pixel data{codec}")
+        hint = _EXTRA_HINT if syntax in _EXTRA_DECODES else ""
+        raise ImageError(f"{label}: no decoder installed for DICOM pixel data{codec}{hint}")
     try:
         if not _codestream_complete(ds, syntax):
             raise EOFError
