@@ -13,7 +13,9 @@ from PIL import Image
 from pydicom import pixels
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGBaseline8Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, UID, generate_uid
+from pydicom.uid import (
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, UID, generate_uid,
+)
 
 from explain.images import ImageError, load_image
 
@@ -83,3 +85,13 @@ def test_default_install_decodes_jpeg_baseline_through_pillow(tmp_path, monkeypa
     decoded = np.asarray(Image.open(io.BytesIO(jpeg.getvalue())), np.float32)
     expected = (decoded - decoded.min()) / (decoded.max() - decoded.min())
     np.testing.assert_allclose(image[..., 0], expected, atol=1e-6)
+
+
+def test_12_bit_jpeg_extended_without_libjpeg_names_the_extra(tmp_path, monkeypatch):
+    """Pillow stands for JPEG Extended but decodes 8-bit samples only: 12-bit needs the extra."""
+    without(monkeypatch, JPEGExtended12Bit, "pylibjpeg", "gdcm")
+    assert pixels.get_decoder(JPEGExtended12Bit).available_plugins == ("pillow",)
+    path = encapsulated(tmp_path / "twelve.dcm", JPEGExtended12Bit, start_of_frame(0xC1, 16, 16, 12), 16, 16, 12)
+    with pytest.raises(ImageError) as info:
+        load_image(path)
+    assert str(info.value) == f"twelve.dcm: no decoder installed for DICOM pixel data ({JPEGExtended12Bit.name}){HINT}"
