@@ -1,42 +1,44 @@
 # syntax=docker/dockerfile:1
-# The ML backend (`labeler-backend`) on TensorFlow's GPU image; see README,
-# "Deployment with docker compose and a GPU". Built by docker-compose.yml (service `backend`).
+# The ML backend (`labeler-backend`) with GPU support; see README, "Deployment with docker compose
+# and a GPU". Built by docker-compose.yml (service `backend`).
 #
-# Python: TensorFlow's 2.x GPU images are Ubuntu 22.04 with Python 3.11 from Ubuntu's archive
-# (tensorflow/tensorflow#82529). The product needs 3.11 (pyproject: >=3.11,<3.12), so the apt step
-# below asks for exactly what the Makefile asks for (`python3.11`, its venv module, make): a no-op
-# where the image has them, and a build that fails loudly, not silently, on an image that has not.
-FROM tensorflow/tensorflow:2.21.0-gpu
+# One Python, one install, TensorFlow once: Python 3.11 (pyproject: >=3.11,<3.12) from the official
+# slim image, and the product with only what the backend needs:
+#   gpu         TensorFlow with its own `and-cuda` extra: CUDA and cuDNN as pip wheels, so the host
+#               needs just the NVIDIA driver and the Container Toolkit (which mounts the driver in)
+#   savedmodel  tf-keras, for a MODEL_PATH that is a SavedModel folder
+# No test or bench extra, no base image's TensorFlow beside the one pip installs.
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PYTHONUNBUFFERED=1
+# --- build: the virtual environment, from the sources -------------------------------------------
+FROM python:3.11-slim-bookworm AS build
 
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends make python3.11 python3.11-venv \
-    && rm -rf /var/lib/apt/lists/*
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+# what the install reads: pyproject.toml, the files it names, the five packages
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY backend backend
+COPY db db
+COPY explain explain
+COPY labeler labeler
+COPY models models
+RUN python3.11 -m venv /app/.venv \
+    && /app/.venv/bin/pip install --quiet '.[gpu,savedmodel]'
+
+# --- the image: that environment and nothing of the build ---------------------------------------
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1
 
 # Non-root; /data (the product's database), /models and the Label Studio files folder are
-# created here so named volumes start out owned by this user.
+# created here so named volumes start out owned by this user. The installed code stays root's.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin labeler \
-    && install -d -o labeler -g labeler /app /data /models /label-studio/files
+    && install -d -o labeler -g labeler /data /models /label-studio/files
 
+COPY --from=build /app/.venv /app/.venv
 WORKDIR /app
-COPY --chown=labeler:labeler . .
 USER labeler
-
-# The fresh-machine setup, verbatim: the Makefile's recipe (python3.11 -m venv .venv, then
-# pip install -e '.[test,bench]'), so the image and the README cannot drift apart
-# (tests/test_deployment.py checks it).
-RUN make setup
-
-# GPU only, on top of that setup: TensorFlow's own `and-cuda` extra (the CUDA / cuDNN wheels,
-# nvidia-*) for exactly the TensorFlow version the setup installed; nothing else changes. The
-# venv cannot use the base image's CUDA wheels, which live in the system site-packages.
-RUN TF_VERSION="$(.venv/bin/pip show tensorflow | sed -n 's/^Version: //p')" \
-    && test -n "$TF_VERSION" \
-    && .venv/bin/pip install --quiet "tensorflow[and-cuda]==${TF_VERSION}"
 
 ENV PATH=/app/.venv/bin:$PATH \
     BACKEND_HOST=0.0.0.0 \

@@ -20,7 +20,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import (
-    UID, DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
+    UID, DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGExtended12Bit, JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
 )
 
 # 6000 x 6000: above any chest detector (43 x 43 cm at 100 um is 4300 x 4300), yet a tiny PNG of
@@ -35,6 +36,11 @@ _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _MARKER_ENDED = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes}
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # 0xF7: JPEG-LS
 _J2K_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the image and tile size segment
+# Pillow decodes JPEG Baseline / Extended (8-bit) and JPEG 2000; JPEG Lossless, JPEG-LS and 12-bit
+# JPEG Extended need libjpeg (GPL-3), which the default install leaves out: pyproject's optional
+# `dicom-jpeg` extra.
+_EXTRA_DECODES = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes}
+_EXTRA_HINT = "; install the dicom-jpeg extra: pip install 'cxr-labeler[dicom-jpeg]'"
 _EPS = 1e-8
 
 Source = str | os.PathLike | bytes | bytearray
@@ -170,8 +176,9 @@ def _decode_raster(label: str, kind: str, data: bytes) -> np.ndarray:
 def _decode_dicom(label: str, ds: Dataset) -> np.ndarray:
     syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
     codec = f" ({syntax.name})" if syntax else ""
-    if syntax and not _has_decoder(syntax):
-        raise ImageError(f"{label}: no decoder installed for DICOM pixel data{codec}")
+    if syntax and not _has_decoder(syntax, ds):
+        hint = _EXTRA_HINT if syntax in _EXTRA_DECODES else ""
+        raise ImageError(f"{label}: no decoder installed for DICOM pixel data{codec}{hint}")
     try:
         if not _codestream_complete(ds, syntax):
             raise EOFError
@@ -251,11 +258,16 @@ def _first_frame(ds: Dataset) -> bytes:
     return next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
 
 
-def _has_decoder(syntax: UID) -> bool:
+def _has_decoder(syntax: UID, ds: Dataset) -> bool:
     try:
-        return pixels.get_decoder(syntax).is_available
+        decoder = pixels.get_decoder(syntax)
     except NotImplementedError:
         return False
+    bits = ds.get("BitsStored")
+    if syntax == JPEGExtended12Bit and isinstance(bits, int) and bits > 8:
+        # pydicom's Pillow plugin decodes 8-bit JPEG Extended only
+        return bool(set(decoder.available_plugins) - {"pillow"})
+    return decoder.is_available
 
 
 def _codestream_complete(ds: Dataset, syntax: UID | None) -> bool:

@@ -1,7 +1,6 @@
 """The ``labeler`` command line."""
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
@@ -13,44 +12,55 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from explain.sources import SOURCES
 from labeler.workspace import DEFAULT_DATABASE, ApiKey, DatabaseUrl, LabelStudioUrl, ProjectId, Workspace
 
-app = typer.Typer(
-    help="Grad-CAM pre-labelling assistant for Label Studio.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,  # locals may hold image data
-)
 # soft_wrap: long lines (paths) are not broken at the terminal width, so that every error stays one line.
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 
 
-def one_line_errors(command):
-    """Expected failures (bad input, missing files, Label Studio unreachable or refusing, a database
-    that cannot be opened: `db.engine.DatabaseUnavailable` is a ValueError) end with one 'error:'
-    line and exit code 2."""
+def one_line_message(exc: BaseException) -> str | None:
+    """The `error:` text for an expected failure (bad input, missing files, Label Studio unreachable
+    or refusing, a database that cannot be opened: `db.engine.DatabaseUnavailable` is a ValueError);
+    None for anything else, which is a bug and keeps its traceback."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        import httpx
-        from label_studio_sdk.core.api_error import ApiError
+    if isinstance(exc, (ValueError, FileNotFoundError, OSError)):
+        return str(exc)
+    if isinstance(exc, ApiError):
+        detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
+        return f"Label Studio answered HTTP {exc.status_code}" + (f": {detail}" if detail else "")
+    if isinstance(exc, httpx.HTTPError):
+        return f"cannot reach Label Studio: {type(exc).__name__}"
+    return None
 
+
+class OneLineErrors(TyperGroup):
+    """Every command runs through `invoke`, from `labeler` (`main`) and from `CliRunner().invoke(app)`
+    alike: an expected failure ends with one 'error:' line and exit code 2."""
+
+    def invoke(self, ctx):
         try:
-            return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, OSError) as exc:
-            message = str(exc)
-        except ApiError as exc:
-            detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
-            message = f"Label Studio answered HTTP {exc.status_code}" + (f": {detail}" if detail else "")
-        except httpx.HTTPError as exc:
-            message = f"cannot reach Label Studio: {type(exc).__name__}"
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = one_line_message(exc)
+            if message is None:
+                raise
         errors.print(f"error: {message}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(2)
 
-    return wrapper
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    help="Grad-CAM pre-labelling assistant for Label Studio.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold image data
+)
 
 
 def prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source="gradcam", segmenter_threshold="value:0.5"):
@@ -85,7 +95,6 @@ DocumentRoot = Annotated[
 
 
 @app.command()
-@one_line_errors
 def explain(
     images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files.")],
     model: Annotated[Path, typer.Option(help="Classifier (.keras, .h5 or SavedModel folder) with its spec beside it.")],
@@ -124,7 +133,6 @@ def explain(
 
 
 @app.command("train-classifier")
-@one_line_errors
 def train_classifier(
     data_dir: Annotated[Path, typer.Argument(help="One sub-folder of images per class.")],
     out: Annotated[Path, typer.Option(help="Where to save the model (.keras or .h5); the spec goes beside it.")],
@@ -172,7 +180,6 @@ def train_classifier(
 
 
 @app.command("train-segmenter")
-@one_line_errors
 def train_segmenter(
     export_dir: Annotated[Path, typer.Argument(help="A `labeler export --format png` folder.")],
     out: Annotated[Path, typer.Option(help="Where to save the U-Net (.keras or .h5); the spec goes beside it.")],
@@ -206,7 +213,6 @@ def train_segmenter(
 
 
 @app.command("evaluate-segmenter")
-@one_line_errors
 def evaluate_segmenter(
     model: Annotated[Path, typer.Argument(help="A segmenter saved by train-segmenter.")],
     export_dir: Annotated[Path, typer.Argument(help="A `labeler export --format png` folder.")],
@@ -231,7 +237,6 @@ def evaluate_segmenter(
 
 
 @app.command("demo-data")
-@one_line_errors
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to write OUT/images/<class>/*.png and OUT/masks/*.png into.")],
     per_class: Annotated[int, typer.Option(min=1)] = 60,
@@ -246,7 +251,6 @@ def demo_data(
 
 
 @app.command()
-@one_line_errors
 def init(
     model: Annotated[Path, typer.Option(help="The classifier whose spec names the classes.")],
     title: Annotated[str, typer.Option(help="Project title.")] = "Chest X-ray lesions",
@@ -266,7 +270,6 @@ def init(
 
 
 @app.command("import")
-@one_line_errors
 def import_command(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, DICOM).")],
     document_root: DocumentRoot = None,
@@ -291,7 +294,6 @@ def import_command(
 
 
 @app.command("rekey-patients")
-@one_line_errors
 def rekey_patients(
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
@@ -307,7 +309,6 @@ def rekey_patients(
 
 
 @app.command()
-@one_line_errors
 def prelabel(
     model: Annotated[Path, typer.Option(help="Classifier with its spec beside it.")],
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
@@ -348,7 +349,6 @@ def prelabel(
 
 
 @app.command()
-@one_line_errors
 def sync(
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
@@ -366,7 +366,6 @@ def sync(
 
 
 @app.command("export")
-@one_line_errors
 def export_command(
     out: Annotated[Path, typer.Argument(help="Folder to write the export into (must be empty, or --overwrite).")],
     format: Annotated[str, typer.Option("--format", help="png (images/ + masks/), coco (annotations.json + images/) or npz (data.npz).")] = "png",
@@ -431,7 +430,6 @@ def export_command(
 
 
 @app.command()
-@one_line_errors
 def stats(
     project: ProjectId = None,
     label_studio_url: LabelStudioUrl = None,
@@ -452,7 +450,6 @@ def stats(
 
 
 @app.command()
-@one_line_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo makes (reused by a rerun).")] = Path("out/demo"),
     port: Annotated[int, typer.Option(help="Label Studio's port on 127.0.0.1 (0 = any free one).")] = 8080,
