@@ -411,13 +411,14 @@ def stats(
     model_version: Annotated[Optional[str], typer.Option(help="Compare with this model version's pre-labels only (default: any).")] = None,
 ):
     """Pre-label vs final annotation and annotator agreement: Dice, IoU, HD95, kappas; CSV + HTML report."""
-    from labeler.stats import run, terminal_tables
+    from labeler.stats import run
+    from labeler.stats.tables import terminal_tables
 
     ws = Workspace(label_studio_url, project_id=project)
     project_id = ws.require_project()
     out = out or Path("out") / "stats" / f"project-{project_id}"
-    result = run(database_url, project_id, out, model_version, ws.label_studio)
-    for table in terminal_tables(result):
+    result, tables = run(database_url, project_id, out, model_version, ws.label_studio)
+    for table in terminal_tables(result, tables):
         console.print(table)
     console.print(f"wrote {out / 'report.html'} and the CSV files beside it")
 
