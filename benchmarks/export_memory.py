@@ -187,7 +187,7 @@ def main() -> None:
 def section(args, rows, load_start, load_end, build_seconds, total) -> str:
     hw = hardware()
     mask_mib = args.tasks * args.size * args.size / 2**20
-    ref = f" `--baseline {args.baseline}`" if args.baseline else ""
+    ref = f" --baseline {args.baseline}" if args.baseline else ""
     lines = [
         START,
         f"## Export memory (`labeler export`) — {datetime.date.today().isoformat()}",
@@ -201,8 +201,9 @@ def section(args, rows, load_start, load_end, build_seconds, total) -> str:
         "",
         f"Project: {args.tasks} tasks, {args.size} x {args.size} 8-bit gray PNG images on disk (`--document-root`), one "
         "annotation each (a brush `lesion` of 2-3 disks, a polygon `opacity`, a choice), two labels; no Label Studio "
-        f"(each task its own patient). One full-size bool mask of every task is {mask_mib:.0f} MiB; the npz arrays "
-        f"(images, index masks, per-label masks) are {mask_mib * 4:.0f} MiB uncompressed.",
+        f"(each task its own patient). One full-size bool mask per task comes to {mask_mib:.0f} MiB for the project; the "
+        f"npz arrays (images, index masks, per-label masks) to {mask_mib * 4:.0f} MiB uncompressed (after: written to "
+        "scratch files in OUT during the export). Times are rough: the machine is shared (see the load).",
         "",
         "Peak RSS is `ru_maxrss` of the export's own process; \"imports\" its RSS before the command ran; "
         "\"export\" the difference.",
