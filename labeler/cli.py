@@ -384,7 +384,6 @@ def export_command(
     """Export the project's final human annotations (from our database) as a segmentation data set."""
     from rich.progress import Progress
 
-    from explain.fetch import FetchError, ImageFetcher
     from labeler import exporting
 
     settings = exporting.ExportSettings(
@@ -392,37 +391,19 @@ def export_command(
         predictions=predictions,
     )
     ws = Workspace(label_studio_url, api_key, project, database_url, writes=False)
-    project_id = ws.require_project()
-    tasks, known_labels = exporting.read_workspace_tasks(ws, predictions)
-    if not tasks:
-        raise ValueError(f"project {project_id} has no task with a current annotation in {database_url}")
-    exporting.prepare_out(out, overwrite)
-    connected = bool(label_studio_url and api_key)
-    fetcher = ImageFetcher(label_studio_url, ws.auth if connected else None, document_root=document_root)
-    task_data = exporting.label_studio_task_data(ws.client) if connected else (lambda _id: None)
-    if not connected:
-        console.print("Label Studio not set: every task is its own patient in the split")
-
-    def fetch(uri: str, task_id: int) -> bytes:
-        try:
-            return fetcher.fetch(uri, task_id)
-        except FetchError as exc:
-            if exc.kind == "config" and document_root is not None:
-                raise FetchError(exc.kind, f"image file not found under --document-root, and {exc}") from None
-            raise
-
-    def skipped(task_id: int, message: str) -> None:
-        errors.print(f"error: task {task_id}: {message}", markup=False, highlight=False)
-
     with Progress(transient=True, console=errors) as progress:
-        bar = progress.add_task("exporting", total=len(tasks))
-        report = exporting.export_dataset(
-            tasks, known_labels, out, settings, fetch, task_data, skipped,
-            lambda: progress.advance(bar), project_id,
+        bar = progress.add_task("exporting", total=None)
+        hooks = exporting.ExportHooks(
+            start=lambda total: progress.update(bar, total=total),
+            advance=lambda: progress.advance(bar),
+            skip=lambda task_id, message: errors.print(f"error: task {task_id}: {message}", markup=False, highlight=False),
         )
+        report = exporting.export_project(ws, out, settings, overwrite, document_root, hooks)
+    if not report.connected:
+        console.print("Label Studio not set: every task is its own patient in the split")
     counts = ", ".join(f"{name} {n}" for name, n in report.splits.items())
     console.print(f"wrote {len(report.exported)} task(s) to {out} ({counts}); labels: {', '.join(report.labels) or 'none'}")
-    if connected and report.own_patient:
+    if report.connected and report.own_patient:
         console.print(f"{report.own_patient} task(s) have no patient_id / patient in their data: each is its own patient")
     if report.skipped:
         console.print(f"skipped {len(report.skipped)} task(s) whose image could not be read")
@@ -438,13 +419,14 @@ def stats(
     model_version: Annotated[Optional[str], typer.Option(help="Compare with this model version's pre-labels only (default: any).")] = None,
 ):
     """Pre-label vs final annotation and annotator agreement: Dice, IoU, HD95, kappas; CSV + HTML report."""
-    from labeler.stats import run, terminal_tables
+    from labeler.stats import run
+    from labeler.stats.tables import terminal_tables
 
     ws = Workspace(label_studio_url, project_id=project)
     project_id = ws.require_project()
     out = out or Path("out") / "stats" / f"project-{project_id}"
-    result = run(database_url, project_id, out, model_version, ws.label_studio)
-    for table in terminal_tables(result):
+    result, tables = run(database_url, project_id, out, model_version, ws.label_studio)
+    for table in terminal_tables(result, tables):
         console.print(table)
     console.print(f"wrote {out / 'report.html'} and the CSV files beside it")
 

@@ -16,7 +16,11 @@ deleted, not cancelled) it writes the image and one index mask, plus ``labels.js
   overlap), ``task_ids`` (N,), ``splits`` (N,), ``labels`` (L,) (+ ``prediction_masks`` (N, H, W));
   rows in manifest order. Needs one image size: ``--size N``, or images that all have one size.
 
-Where labels overlap, the index mask holds the later label of the sorted list.
+Where labels overlap, the index mask holds the later label of the sorted list. The labels are
+fixed before any image is read (`export_labels`: the labelling config's plus any other drawn in
+the annotations used), and the export streams: one task's image and masks are in memory at a
+time, its files written before the next task is read (npz: its rows go to scratch files in OUT,
+put together into data.npz at the end). `export_project` is the whole command.
 """
 from __future__ import annotations
 
@@ -24,7 +28,9 @@ import csv
 import hashlib
 import json
 import shutil
+import tempfile
 import xml.etree.ElementTree as ET
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -206,6 +212,44 @@ def label_masks(results: list[dict], height: int, width: int, fallback: tuple[in
     return masks
 
 
+def chosen_annotations(annotations: list[Annotation], mode: str) -> list[Annotation]:
+    """The annotations `combine` uses, oldest first: the most recently updated one ("latest"),
+    or each annotator's most recently updated one ("majority")."""
+    ordered = sorted(annotations, key=lambda a: a.order)
+    if mode == "latest":
+        return [ordered[-1]]
+    per_annotator: dict[Any, Annotation] = {}
+    for annotation in ordered:  # later ones replace earlier ones of the same annotator
+        key = annotation.completed_by if annotation.completed_by is not None else f"a{annotation.ls_annotation_id}"
+        per_annotator[key] = annotation
+    return sorted(per_annotator.values(), key=lambda a: a.order)
+
+
+def result_labels(results: list[dict] | None) -> set[str]:
+    """The labels of a result list's regions: the keys `label_masks` gives, without drawing them."""
+    return {
+        label
+        for result in results or []
+        if result.get("type") in REGION_TYPES
+        for label in (result.get("value") or {}).get(result["type"], [])
+    }
+
+
+def export_labels(tasks: list[TaskRecord], known_labels: Iterable[str], settings: ExportSettings) -> list[str]:
+    """The sorted labels of the export (index i + 1 in the masks): the labelling config's, and any
+    other drawn in an annotation the export uses (or, with predictions, in a task's prediction).
+    Known before any image is read, so that each task's files can be written as soon as it is done."""
+    labels = set(known_labels)
+    for record in tasks:
+        for annotation in chosen_annotations(record.annotations, settings.annotators):
+            labels |= result_labels(annotation.result)
+        if settings.predictions:
+            labels |= result_labels(record.prediction)
+    if len(labels) > 255:
+        raise ValueError(f"{len(labels)} labels do not fit an 8-bit index mask (at most 255)")
+    return sorted(labels)
+
+
 def combine(annotations: list[Annotation], mode: str, height: int, width: int, fallback) -> tuple[dict[str, np.ndarray], str, list[Annotation]]:
     """(masks per label, class choice, annotations used) of a task's annotations.
 
@@ -213,15 +257,7 @@ def combine(annotations: list[Annotation], mode: str, height: int, width: int, f
     annotation votes; a pixel is on for a label where at least half of them drew it; the choice
     is the most frequent one (a tie goes to the most recent annotation's choice).
     """
-    ordered = sorted(annotations, key=lambda a: a.order)
-    if mode == "latest":
-        used = [ordered[-1]]
-    else:
-        per_annotator: dict[Any, Annotation] = {}
-        for annotation in ordered:  # later ones replace earlier ones of the same annotator
-            key = annotation.completed_by if annotation.completed_by is not None else f"a{annotation.ls_annotation_id}"
-            per_annotator[key] = annotation
-        used = sorted(per_annotator.values(), key=lambda a: a.order)
+    used = chosen_annotations(annotations, mode)
     all_masks = [label_masks(a.result, height, width, fallback) for a in used]
     if len(used) == 1:
         masks = all_masks[0]
@@ -300,7 +336,266 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         raise OSError(f"{path}: could not write")
 
 
-# --- the export -----------------------------------------------------------------------------
+# --- one task -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ManifestItem:
+    """One exported task: a row of manifest.csv (files relative to OUT, "" when there is none)."""
+
+    task_id: int
+    width: int  # exported size, pixels
+    height: int
+    original_width: int  # the image's own size, pixels
+    original_height: int
+    choice: str
+    annotators: str  # completed_by of the annotations used, ";"-separated
+    annotation_ids: str
+    patient: str
+    split: str
+    model_version: str = ""  # of the exported prediction
+    image_file: str = ""
+    mask_file: str = ""
+    prediction_file: str = ""
+
+    def row(self) -> dict[str, Any]:
+        return {column: getattr(self, column) for column in MANIFEST_COLUMNS}
+
+
+@dataclass
+class TaskArrays:
+    """One task's pixels and masks at the export size: in memory only while its files are written."""
+
+    pixels: np.ndarray  # (H, W) uint8 when gray, else (H, W, 3) RGB
+    masks: dict[str, np.ndarray]  # label -> (H, W) bool
+    index: np.ndarray  # (H, W) uint8 index mask (see `index_mask`)
+    prediction: dict[str, np.ndarray] | None = None  # label -> (H, W) bool, when exported
+    prediction_index: np.ndarray | None = None
+
+    @property
+    def gray(self) -> bool:
+        return self.pixels.ndim == 2
+
+
+def prepare_task(
+    record: TaskRecord, image: np.ndarray, labels: list[str], settings: ExportSettings, data: dict | None
+) -> tuple[ManifestItem, TaskArrays]:
+    """The manifest row and the arrays of one task whose image is `image` ((H, W[, C]), any dtype)."""
+    height, width = image.shape[:2]
+    fallback = (record.width, record.height)
+    masks, choice, used = combine(record.annotations, settings.annotators, height, width, fallback)
+    prediction = None
+    if settings.predictions and record.prediction is not None:
+        prediction = resize_masks(label_masks(record.prediction, height, width, fallback), settings.size)
+    pixels = to_uint8(resize_image(image, settings.size))
+    gray = bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
+    pixels = pixels[..., 0] if gray else pixels
+    h, w = pixels.shape[:2]
+    masks = resize_masks(masks, settings.size)
+    patient = patient_key(data, record.ls_task_id)
+    item = ManifestItem(
+        task_id=record.ls_task_id,
+        width=w,
+        height=h,
+        original_width=width,
+        original_height=height,
+        choice=choice,
+        annotators=";".join("" if a.completed_by is None else str(a.completed_by) for a in used),
+        annotation_ids=";".join(str(a.ls_annotation_id) for a in used),
+        patient=patient,
+        split=split_of(patient, settings.seed, settings.split),
+        model_version=record.model_version if prediction is not None else "",
+    )
+    arrays = TaskArrays(
+        pixels=pixels,
+        masks=masks,
+        index=index_mask(masks, labels, h, w),
+        prediction=prediction,
+        prediction_index=None if prediction is None else index_mask(prediction, labels, h, w),
+    )
+    return item, arrays
+
+
+# --- the formats: each writes a task's files as soon as it is given them -------------------------
+
+
+class PngWriter:
+    """images/<task>.png, masks/<task>.png (+ predictions/<task>.png)."""
+
+    def __init__(self, out: Path, scratch: Path, labels: list[str], settings: ExportSettings):
+        self.out = out
+        (out / "images").mkdir(exist_ok=True)
+        (out / "masks").mkdir(exist_ok=True)
+
+    def add(self, item: ManifestItem, arrays: TaskArrays) -> None:
+        item.image_file = f"images/{item.task_id}.png"
+        _write_png(self.out / item.image_file, arrays.pixels)
+        item.mask_file = f"masks/{item.task_id}.png"
+        _write_png(self.out / item.mask_file, arrays.index)
+        if arrays.prediction_index is not None:
+            (self.out / "predictions").mkdir(exist_ok=True)
+            item.prediction_file = f"predictions/{item.task_id}.png"
+            _write_png(self.out / item.prediction_file, arrays.prediction_index)
+
+    def finish(self, items: list[ManifestItem]) -> None:
+        pass
+
+
+class _JsonListFile:
+    """The entries of a JSON list, written one by one to a scratch file as ``json.dumps`` would
+    separate them; `copy_to` pours them into the final file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = open(path, "w")
+        self.count = 0
+
+    def append(self, entry: dict) -> None:
+        self.handle.write((", " if self.count else "") + json.dumps(entry))
+        self.count += 1
+
+    def copy_to(self, target) -> None:
+        self.handle.close()
+        target.write("[")
+        with open(self.path) as source:
+            shutil.copyfileobj(source, target)
+        target.write("]")
+
+
+class CocoWriter:
+    """images/<task>.png and annotations.json (+ predictions.json): the RLE entries go to scratch
+    files task by task, the JSON documents are put together at the end."""
+
+    def __init__(self, out: Path, scratch: Path, labels: list[str], settings: ExportSettings):
+        self.out, self.labels, self.settings = out, labels, settings
+        (out / "images").mkdir(exist_ok=True)
+        self.annotations = _JsonListFile(scratch / "annotations.part")
+        self.predictions = _JsonListFile(scratch / "predictions.part")
+
+    def _entries(self, task_id: int, masks: dict[str, np.ndarray]):
+        for i, label in enumerate(self.labels):
+            mask = masks.get(label)
+            if mask is not None and mask.any():
+                yield {
+                    "image_id": task_id,
+                    "category_id": i + 1,
+                    "segmentation": rle_encode(mask),
+                    "area": int(mask.sum()),
+                    "bbox": _bbox(mask),
+                }
+
+    def add(self, item: ManifestItem, arrays: TaskArrays) -> None:
+        item.image_file = f"images/{item.task_id}.png"
+        _write_png(self.out / item.image_file, arrays.pixels)
+        item.mask_file = "annotations.json"
+        for entry in self._entries(item.task_id, arrays.masks):
+            entry.update(id=self.annotations.count + 1, iscrowd=0)
+            self.annotations.append(entry)
+        if arrays.prediction is not None:
+            item.prediction_file = "predictions.json"
+            for entry in self._entries(item.task_id, arrays.prediction):
+                entry["score"] = 1.0
+                self.predictions.append(entry)
+
+    def finish(self, items: list[ManifestItem]) -> None:
+        images = [
+            {"id": i.task_id, "file_name": i.image_file, "width": i.width, "height": i.height, "split": i.split,
+             "choice": i.choice}
+            for i in items
+        ]
+        categories = [{"id": i + 1, "name": label, "supercategory": "region"} for i, label in enumerate(self.labels)]
+        info = {"description": "labeler export", "date_created": _now()}
+        # the same text as json.dumps of {"info", "licenses", "images", "annotations", "categories"}
+        with open(self.out / "annotations.json", "w") as handle:
+            handle.write(f'{{"info": {json.dumps(info)}, "licenses": [], "images": {json.dumps(images)}, "annotations": ')
+            self.annotations.copy_to(handle)
+            handle.write(f', "categories": {json.dumps(categories)}}}')
+        if self.settings.predictions:
+            with open(self.out / "predictions.json", "w") as handle:
+                self.predictions.copy_to(handle)
+
+
+class NpzWriter:
+    """data.npz, written member by member (no array of every task in memory): each task's rows go
+    to raw scratch files as it is done; at the end each member is an .npy header (the final
+    shape) followed by those bytes, deflated into the zip as ``np.savez_compressed`` does."""
+
+    def __init__(self, out: Path, scratch: Path, labels: list[str], settings: ExportSettings):
+        self.out, self.scratch, self.labels, self.settings = out, scratch, labels, settings
+        self.shape: tuple[int, int] | None = None
+        self.first_task: int | None = None
+        self.gray: list[bool] = []
+        names = ["images", "masks", "label_masks"] + (["prediction_masks"] if settings.predictions else [])
+        self.files = {name: open(scratch / f"{name}.raw", "wb") for name in names}
+
+    def add(self, item: ManifestItem, arrays: TaskArrays) -> None:
+        shape = arrays.pixels.shape[:2]
+        if self.shape is None:
+            self.shape, self.first_task = shape, item.task_id
+        elif shape != self.shape:
+            raise ValueError(
+                f"--format npz stacks the images but they have more than one size (task {self.first_task}: "
+                f"{self.shape[1]} x {self.shape[0]}, task {item.task_id}: {shape[1]} x {shape[0]}); pass --size N"
+            )
+        self.gray.append(arrays.gray)
+        self.files["images"].write(np.ascontiguousarray(arrays.pixels).tobytes())
+        self.files["masks"].write(arrays.index.tobytes())
+        per_label = np.zeros((*shape, len(self.labels)), bool)
+        for i, label in enumerate(self.labels):
+            if label in arrays.masks:
+                per_label[..., i] = arrays.masks[label]
+        self.files["label_masks"].write(per_label.tobytes())
+        if self.settings.predictions:
+            empty = np.zeros(shape, np.uint8)
+            self.files["prediction_masks"].write((arrays.prediction_index if arrays.prediction_index is not None else empty).tobytes())
+        item.image_file = item.mask_file = "data.npz"
+        if arrays.prediction is not None:
+            item.prediction_file = "data.npz"
+
+    def finish(self, items: list[ManifestItem]) -> None:
+        for handle in self.files.values():
+            handle.close()
+        n = len(items)
+        h, w = self.shape or (self.settings.size, self.settings.size)
+        all_gray = all(self.gray)
+        with zipfile.ZipFile(self.out / "data.npz", "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            with self._member(archive, "images", np.uint8, (n, h, w, 1 if all_gray else 3)) as member:
+                with open(self.scratch / "images.raw", "rb") as source:
+                    for gray in self.gray:
+                        if all_gray or not gray:
+                            member.write(source.read(h * w * (1 if gray else 3)))
+                        else:  # a gray image among RGB ones: its value in all three channels
+                            pixels = np.frombuffer(source.read(h * w), np.uint8)
+                            member.write(np.repeat(pixels, 3).tobytes())
+            self._copy(archive, "masks", np.uint8, (n, h, w))
+            self._copy(archive, "label_masks", np.bool_, (n, h, w, len(self.labels)))
+            small = {
+                "task_ids": np.array([i.task_id for i in items], np.int64),
+                "splits": np.array([i.split for i in items], dtype="<U5"),
+                "labels": np.array(self.labels, dtype=str) if self.labels else np.zeros(0, "<U1"),
+            }
+            for name, array in small.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+            if self.settings.predictions:
+                self._copy(archive, "prediction_masks", np.uint8, (n, h, w))
+
+    @staticmethod
+    def _member(archive: zipfile.ZipFile, name: str, dtype, shape: tuple[int, ...]):
+        member = archive.open(f"{name}.npy", "w", force_zip64=True)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(member, header)
+        return member
+
+    def _copy(self, archive: zipfile.ZipFile, name: str, dtype, shape: tuple[int, ...]) -> None:
+        with self._member(archive, name, dtype, shape) as member, open(self.scratch / f"{name}.raw", "rb") as source:
+            shutil.copyfileobj(source, member, 1 << 20)
+
+
+WRITERS = {"png": PngWriter, "coco": CocoWriter, "npz": NpzWriter}
+
+
+# --- the export ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -311,6 +606,16 @@ class ExportReport:
     labels: list[str] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)
     own_patient: int = 0  # tasks without a patient key in their data: each is its own patient
+    connected: bool = False  # Label Studio was given: the patient keys come from its task data
+
+
+@dataclass
+class ExportHooks:
+    """What the caller hears while the export runs (a progress bar, error lines)."""
+
+    start: Callable[[int], None] = lambda total: None  # the number of tasks to go through
+    advance: Callable[[], None] = lambda: None  # one task done (exported or skipped)
+    skip: Callable[[int, str], None] = lambda task_id, message: None  # a task left out, and why
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -330,214 +635,64 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 
 def export_dataset(
     tasks: list[TaskRecord],
-    known_labels: Iterable[str],
+    labels: list[str],
     out: Path,
     settings: ExportSettings,
     fetch: Callable[[str, int], bytes],
     task_data: Callable[[int], dict | None] = lambda _id: None,
-    on_skip: Callable[[int, str], None] = lambda _id, _msg: None,
-    advance: Callable[[], None] = lambda: None,
+    hooks: ExportHooks = ExportHooks(),
     project_id: int | None = None,
 ) -> ExportReport:
-    """Write the export of `tasks` into `out` (already prepared); see the module docstring.
+    """Write the export of `tasks` into `out` (already prepared), one task at a time: a task's
+    image and masks are in memory only until its files are written. `labels` from `export_labels`.
 
     `fetch(uri, task_id)` returns image bytes; `task_data(task_id)` the Label Studio task data
     (for the patient key) or None. A task whose image cannot be fetched or decoded is reported
-    through `on_skip` and left out.
+    through ``hooks.skip`` and left out.
     """
-    report = ExportReport(out)
-    items = []  # one dict per exported task, images and masks in memory only as long as needed
-    size = settings.size
-    images_dir = out / "images"
-    if settings.format in ("png", "coco"):
-        images_dir.mkdir(parents=True, exist_ok=True)
-    labels_seen: set[str] = set(known_labels)
-    for record in tasks:
-        try:
-            image = load_image(fetch(record.image_uri, record.ls_task_id), name="image")
-        except Exception as exc:  # FetchError, ImageError: reported, the export goes on
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            report.skipped.append((record.ls_task_id, message))
-            on_skip(record.ls_task_id, message)
-            advance()
-            continue
-        height, width = image.shape[:2]
-        fallback = (record.width, record.height)
-        masks, choice, used = combine(record.annotations, settings.annotators, height, width, fallback)
-        prediction = None
-        if settings.predictions and record.prediction is not None:
-            prediction = label_masks(record.prediction, height, width, fallback)
-            labels_seen |= set(prediction)
-        labels_seen |= set(masks)
-        pixels = to_uint8(resize_image(image, size))
-        gray = bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
-        pixels = pixels[..., 0] if gray else pixels
-        patient = patient_key(task_data(record.ls_task_id), record.ls_task_id)
-        item = {
-            "task_id": record.ls_task_id,
-            "original_width": width,
-            "original_height": height,
-            "width": pixels.shape[1],
-            "height": pixels.shape[0],
-            "choice": choice,
-            "annotators": ";".join("" if a.completed_by is None else str(a.completed_by) for a in used),
-            "annotation_ids": ";".join(str(a.ls_annotation_id) for a in used),
-            "patient": patient,
-            "split": split_of(patient, settings.seed, settings.split),
-            "model_version": record.model_version if prediction is not None else "",
-            "masks": resize_masks(masks, size),
-            "prediction": None if prediction is None else resize_masks(prediction, size),
-            "gray": gray,
-        }
-        if settings.format == "npz":
-            item["pixels"] = pixels
-        else:
-            item["image_file"] = f"images/{record.ls_task_id}.png"
-            _write_png(out / item["image_file"], pixels)
-        items.append(item)
-        report.exported.append(record.ls_task_id)
-        advance()
-
-    labels = sorted(labels_seen)
-    if len(labels) > 255:
-        raise ValueError(f"{len(labels)} labels do not fit an 8-bit index mask (at most 255)")
-    report.labels = labels
-    for item in items:
-        item["index"] = index_mask(item["masks"], labels, item["height"], item["width"])
-        if item["prediction"] is not None:
-            item["prediction_index"] = index_mask(item["prediction"], labels, item["height"], item["width"])
-
-    writers = {"png": _write_png_format, "coco": _write_coco, "npz": _write_npz}
-    writers[settings.format](out, items, labels, settings)
-    _write_common(out, items, labels, settings, report, project_id)
+    report = ExportReport(out, labels=list(labels))
+    items: list[ManifestItem] = []
+    with tempfile.TemporaryDirectory(dir=out, prefix=".partial-") as scratch:
+        writer = WRITERS[settings.format](out, Path(scratch), report.labels, settings)
+        for record in tasks:
+            try:
+                image = load_image(fetch(record.image_uri, record.ls_task_id), name="image")
+            except Exception as exc:  # FetchError, ImageError: reported, the export goes on
+                message = " ".join(str(exc).split()) or type(exc).__name__
+                report.skipped.append((record.ls_task_id, message))
+                hooks.skip(record.ls_task_id, message)
+                hooks.advance()
+                continue
+            item, arrays = prepare_task(record, image, report.labels, settings, task_data(record.ls_task_id))
+            del image
+            writer.add(item, arrays)
+            del arrays
+            items.append(item)
+            report.exported.append(record.ls_task_id)
+            hooks.advance()
+        writer.finish(items)
+    _write_common(out, items, settings, report, project_id)
     return report
 
 
-def _write_png_format(out: Path, items: list[dict], labels: list[str], settings: ExportSettings) -> None:
-    (out / "masks").mkdir(exist_ok=True)
-    for item in items:
-        item["mask_file"] = f"masks/{item['task_id']}.png"
-        _write_png(out / item["mask_file"], item["index"])
-        if "prediction_index" in item:
-            (out / "predictions").mkdir(exist_ok=True)
-            item["prediction_file"] = f"predictions/{item['task_id']}.png"
-            _write_png(out / item["prediction_file"], item["prediction_index"])
-
-
-def _coco_annotations(items: list[dict], labels: list[str], key: str, results: bool) -> list[dict]:
-    annotations = []
-    for item in items:
-        masks = item[key]
-        if masks is None:
-            continue
-        for i, label in enumerate(labels):
-            mask = masks.get(label)
-            if mask is None or not mask.any():
-                continue
-            entry = {
-                "image_id": item["task_id"],
-                "category_id": i + 1,
-                "segmentation": rle_encode(mask),
-                "area": int(mask.sum()),
-                "bbox": _bbox(mask),
-            }
-            if results:
-                entry["score"] = 1.0
-            else:
-                entry.update(id=len(annotations) + 1, iscrowd=0)
-            annotations.append(entry)
-    return annotations
-
-
-def _write_coco(out: Path, items: list[dict], labels: list[str], settings: ExportSettings) -> None:
-    for item in items:
-        item["mask_file"] = "annotations.json"
-    categories = [{"id": i + 1, "name": label, "supercategory": "region"} for i, label in enumerate(labels)]
-    images = [
-        {
-            "id": item["task_id"],
-            "file_name": item["image_file"],
-            "width": item["width"],
-            "height": item["height"],
-            "split": item["split"],
-            "choice": item["choice"],
-        }
-        for item in items
-    ]
-    coco = {
-        "info": {"description": "labeler export", "date_created": _now()},
-        "licenses": [],
-        "images": images,
-        "annotations": _coco_annotations(items, labels, "masks", results=False),
-        "categories": categories,
-    }
-    (out / "annotations.json").write_text(json.dumps(coco))
-    if settings.predictions:
-        for item in items:
-            if item["prediction"] is not None:
-                item["prediction_file"] = "predictions.json"
-        predictions = _coco_annotations(items, labels, "prediction", results=True)
-        (out / "predictions.json").write_text(json.dumps(predictions))
-
-
-def _write_npz(out: Path, items: list[dict], labels: list[str], settings: ExportSettings) -> None:
-    shapes = {item["pixels"].shape[:2] for item in items}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"--format npz stacks the images but they have {len(shapes)} sizes; pass --size N"
-        )
-    gray = all(item["gray"] for item in items)
-    h, w = shapes.pop() if shapes else (max(settings.size, 0), max(settings.size, 0))
-    images = np.zeros((len(items), h, w, 1 if gray else 3), np.uint8)
-    masks = np.zeros((len(items), h, w), np.uint8)
-    per_label = np.zeros((len(items), h, w, len(labels)), bool)
-    predictions = np.zeros((len(items), h, w), np.uint8)
-    for n, item in enumerate(items):
-        pixels = item["pixels"]
-        if gray:
-            images[n, ..., 0] = pixels
-        else:
-            images[n] = pixels if pixels.ndim == 3 else pixels[..., None]
-        masks[n] = item["index"]
-        for i, label in enumerate(labels):
-            if label in item["masks"]:
-                per_label[n, ..., i] = item["masks"][label]
-        if "prediction_index" in item:
-            predictions[n] = item["prediction_index"]
-        item["image_file"] = item["mask_file"] = "data.npz"
-        if item["prediction"] is not None:
-            item["prediction_file"] = "data.npz"
-    arrays = {
-        "images": images,
-        "masks": masks,
-        "label_masks": per_label,
-        "task_ids": np.array([item["task_id"] for item in items], np.int64),
-        "splits": np.array([item["split"] for item in items], dtype="<U5"),
-        "labels": np.array(labels, dtype=str) if labels else np.zeros(0, "<U1"),
-    }
-    if settings.predictions:
-        arrays["prediction_masks"] = predictions
-    np.savez_compressed(out / "data.npz", **arrays)
-
-
-def _write_common(out: Path, items, labels, settings: ExportSettings, report: ExportReport, project_id) -> None:
-    (out / "labels.json").write_text(json.dumps({"background": 0, "labels": labels}, indent=1) + "\n")
+def _write_common(out: Path, items: list[ManifestItem], settings: ExportSettings, report: ExportReport, project_id) -> None:
+    (out / "labels.json").write_text(json.dumps({"background": 0, "labels": report.labels}, indent=1) + "\n")
     with open(out / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, MANIFEST_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, MANIFEST_COLUMNS)
         writer.writeheader()
         for item in items:
-            writer.writerow({column: item.get(column, "") for column in MANIFEST_COLUMNS})
+            writer.writerow(item.row())
     splits: dict[str, Any] = {
         "seed": settings.seed,
         "fractions": dict(zip(SPLIT_NAMES, settings.split)),
         "method": "sha256('<seed>:<patient>') -> [0, 1) against the cumulative fractions",
     }
     for name in SPLIT_NAMES:
-        members = [item for item in items if item["split"] == name]
-        splits[name] = [item["task_id"] for item in members]
+        members = [item for item in items if item.split == name]
+        splits[name] = [item.task_id for item in members]
         report.splits[name] = len(members)
-    report.own_patient = sum(1 for item in items if item["patient"] == f"task-{item['task_id']}")
-    splits["patients"] = {name: len({i["patient"] for i in items if i["split"] == name}) for name in SPLIT_NAMES}
+    report.own_patient = sum(1 for item in items if item.patient == f"task-{item.task_id}")
+    splits["patients"] = {name: len({i.patient for i in items if i.split == name}) for name in SPLIT_NAMES}
     (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
     marker = {
         "project": project_id,
@@ -556,6 +711,39 @@ def _write_common(out: Path, items, labels, settings: ExportSettings, report: Ex
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def export_project(
+    ws, out: Path, settings: ExportSettings, overwrite: bool = False, document_root: Path | None = None,
+    hooks: ExportHooks = ExportHooks(),
+) -> ExportReport:
+    """``labeler export``: read the workspace project's tasks from our database, prepare `out` and
+    write the export. Images come from `document_root` or Label Studio; with Label Studio set, the
+    patient keys come from its task data (else each task is its own patient)."""
+    from explain.fetch import FetchError, ImageFetcher
+
+    project_id = ws.require_project()
+    tasks, known_labels = read_workspace_tasks(ws, settings.predictions)
+    if not tasks:
+        raise ValueError(f"project {project_id} has no task with a current annotation in {ws.database_url}")
+    labels = export_labels(tasks, known_labels, settings)
+    prepare_out(out, overwrite)
+    connected = bool(ws.label_studio_url and ws.api_key)
+    fetcher = ImageFetcher(ws.label_studio_url, ws.auth if connected else None, document_root=document_root)
+    task_data = label_studio_task_data(ws.client) if connected else (lambda _id: None)
+
+    def fetch(uri: str, task_id: int) -> bytes:
+        try:
+            return fetcher.fetch(uri, task_id)
+        except FetchError as exc:
+            if exc.kind == "config" and document_root is not None:
+                raise FetchError(exc.kind, f"image file not found under --document-root, and {exc}") from None
+            raise
+
+    hooks.start(len(tasks))
+    report = export_dataset(tasks, labels, out, settings, fetch, task_data, hooks, project_id)
+    report.connected = connected
+    return report
 
 
 # --- from the workspace -------------------------------------------------------------------------

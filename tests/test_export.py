@@ -407,3 +407,31 @@ def test_tf_loader_yields_exported_pairs(world, png_latest):
     assert set(np.unique(mask.numpy())) <= {0.0, 1.0}
     with pytest.raises(ValueError):
         segmentation_dataset(out, label="nothing")
+
+
+def test_each_task_is_written_before_the_next_image_is_read(world, tmp_path):
+    """The export streams: a task's mask is on disk before the next task's image is fetched, so
+    only one task's full-resolution masks are ever in memory."""
+    ws = Workspace(database_url=world["url"], project_id=PROJECT, writes=False)
+    settings = exporting.ExportSettings(predictions=True)
+    tasks, known = exporting.read_workspace_tasks(ws, predictions=True)
+    labels = exporting.export_labels(tasks, known, settings)
+    assert labels == LABELS  # known before any image is read
+    out = tmp_path / "stream"
+    exporting.prepare_out(out, overwrite=False)
+    fetched, checked = [], []
+
+    def fetch(uri, task_id):
+        for previous in fetched:
+            assert (out / "masks" / f"{previous}.png").is_file(), f"task {previous} not written before {task_id} is read"
+            checked.append(previous)
+        data = (world["docs"] / uri.split("?d=", 1)[1]).read_bytes()  # 106: missing, skipped
+        fetched.append(task_id)
+        return data
+
+    report = exporting.export_dataset(tasks, labels, out, settings, fetch)
+    assert report.exported == [101, 103, 104, 105] and [t for t, _ in report.skipped] == [106]
+    assert len(checked) == 1 + 2 + 3 + 4  # before 103, 104, 105 and 106
+    assert (out / "predictions" / "101.png").is_file()
+    assert sorted(p.name for p in out.iterdir()) == sorted(  # the scratch folder is gone
+        ["images", "masks", "predictions", "labels.json", "manifest.csv", "splits.json", "export.json"])

@@ -22,7 +22,7 @@ from db import repository as repo
 from explain.labelstudio import brush_result, choices_result, polygon_result, region_mask
 from labeler import agreement
 from labeler.cli import app
-from labeler.stats import PRED_COLOUR, FINAL_COLOUR
+from labeler.stats.pictures import FINAL_COLOUR, PRED_COLOUR
 from labeler.workspace import Workspace
 
 W, H = 40, 30
@@ -379,3 +379,30 @@ def test_errors_are_one_line(db_url, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "no database at" in result.output and not missing.exists()
     result = invoke("stats", "--database-url", db_url)
     assert result.exit_code == 2 and "no project given" in result.output
+
+
+def test_report_escapes_project_title_and_labels(tmp_path):
+    """Text from the database reaches report.html escaped: a title or label holding markup stays text."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    title, label, cls = "<script>alert('title')</script>", "<script>alert('label')</script>", "a&b <i>"
+    with Workspace(database_url=url).sessions() as s:
+        project = repo.upsert_project(s, PROJECT, title=title)
+        version = repo.model_version(s, "<b>mv</b>", "w", {})
+        t = repo.live_task(s, project, 1, "/data/upload/1.png", width=W, height=H)
+        p = repo.add_prediction(s, t, version, {cls: 1.0}, cls, 1.0, cls, None,
+                                [choice(cls), brush(PRED1, label)])
+        p.created_at = T0
+        repo.add_annotation_revision(s, t, 11, "created", [choice(cls), brush(ANN1_B, label)], completed_by=1,
+                                     ls_created_at=T0 + timedelta(hours=1))
+        repo.add_annotation_revision(s, t, 12, "created", [choice("x"), brush(PRED1, label)], completed_by=2,
+                                     ls_created_at=T0 + timedelta(hours=1))
+        s.commit()
+    out = tmp_path / "stats"
+    run_stats(url, out)
+    page = (out / "report.html").read_text()
+    assert "<script" not in page and "<b>" not in page and "<i>" not in page
+    assert f"<h1>Label statistics, project {PROJECT} (&lt;script&gt;alert(&#39;title&#39;)&lt;/script&gt;)</h1>" in page
+    assert "<title>Label statistics, project 7 (&lt;script&gt;" in page
+    assert page.count("&lt;script&gt;alert(&#39;label&#39;)&lt;/script&gt;") >= 2  # per class, between annotators
+    assert "&lt;b&gt;mv&lt;/b&gt;" in page and "a&amp;b &lt;i&gt;" in page
+    assert {r["label"] for r in read_csv(out / "per_class.csv")} == {label}  # the CSV keeps the text as it is
