@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := out/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest -q
+
+# No servers, no browser, no training: seconds to a couple of minutes (README "Tests").
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow and not labelstudio and not postgres and not browser and not train"
 
 bench: setup
 	$(BIN)/python benchmarks/engine.py --out BENCHMARKS.md

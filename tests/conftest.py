@@ -15,6 +15,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# Fixture -> marker: a test that uses one of these fixtures (directly or through another
+# fixture) gets the marker, so `make test-fast` (-m "not labelstudio and not postgres ...")
+# never starts those servers. Tests that start servers or processes themselves carry a
+# `pytestmark` at the top of their module.
+SERVER_FIXTURES = {"label_studio": "labelstudio", "demo_run": "labelstudio", "postgres_server": "postgres"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in SERVER_FIXTURES.items():
+            if fixture in used:
+                item.add_marker(marker)
+        # `url` fixtures parametrized ["sqlite", "postgresql"] reach the server through
+        # request.getfixturevalue, which the fixture closure above cannot see.
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(isinstance(value, str) and value == "postgresql" for value in params.values()):
+            item.add_marker("postgres")
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

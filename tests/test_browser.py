@@ -37,7 +37,7 @@ MISSING = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
 WHY_MISSING = f"{' and '.join(MISSING)} not found: install Debian's chromium and chromium-driver (.ci/run does)"
 KINDS = {"brush": "brushlabels", "polygon": "polygonlabels"}  # outliner node type -> result type
 
-pytestmark = pytest.mark.skipif(bool(MISSING) and not IN_CI, reason=WHY_MISSING)
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(bool(MISSING) and not IN_CI, reason=WHY_MISSING)]
 
 
 def start_chromium() -> webdriver.Chrome:

@@ -24,6 +24,8 @@ from explain.labelstudio import Controls
 from labeler.cli import app
 from models.loading import load_classifier
 
+pytestmark = pytest.mark.train  # the module trains a small CNN (and one test trains two more); real processes too
+
 LABELER = Path(sys.executable).with_name("labeler")
 SIZE = 64
 CLASSES = ["clear", "opacity"]

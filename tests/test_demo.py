@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from label_studio_sdk import LabelStudio
 
+pytestmark = pytest.mark.labelstudio  # the demo starts Label Studio; one test runs `labeler demo` itself
+
 
 def test_demo_starts_and_pre_labels_every_task(demo_run):
     demo = demo_run.demo

@@ -32,6 +32,8 @@ from labeler.workspace import Workspace
 from models.classifiers import build_small_cnn
 from models.loading import save_classifier
 
+pytestmark = pytest.mark.labelstudio  # one test starts, stops and restarts a Label Studio of its own
+
 CLASSES = ("covid", "normal", "pneumonia")
 LABELER = str(Path(sys.executable).parent / "labeler")
 

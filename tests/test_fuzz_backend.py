@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from backend.app import create_app
 from test_backend import CONFIG, make_settings, model_path, predict_body, task  # noqa: F401  (model_path: the tiny-model fixture)
 
+pytestmark = pytest.mark.slow  # Hypothesis examples, about 30 s on 2 cores
+
 
 
 def fuzz(examples: int):

@@ -31,6 +31,8 @@ from db.schema import AnnotationRevision, Failure, Prediction, Project, Task
 from postgres import _free_port as free_port
 from test_backend import CONFIG, model_path  # noqa: F401  (model_path: the same tiny-model fixture)
 
+pytestmark = pytest.mark.postgres  # also runs labeler-backend (gunicorn) as a process
+
 WORKERS, THREADS = 3, 2
 PREDICT_REQUESTS = 24
 CREATED, UPDATED, DUPLICATES = 40, 10, 10  # 60 webhooks, 50 distinct revisions

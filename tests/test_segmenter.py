@@ -33,6 +33,8 @@ from models.unet import build_unet
 from sqlalchemy import select
 from test_backend import make_settings, predict_body, task
 
+pytestmark = pytest.mark.train  # U-Nets trained for 20-30 epochs (40 s each on 2 shared cores)
+
 SIZE = 48
 FILTERS = (4, 8, 16)
 CONFIG = """<View>

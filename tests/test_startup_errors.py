@@ -16,6 +16,8 @@ from db.engine import DatabaseUnavailable
 from db.migrating import migrate, open_database
 from labeler.workspace import Workspace
 
+pytestmark = pytest.mark.slow  # every test starts labeler-backend or labeler as a real process (TensorFlow import)
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PASSWORD = "pw-s3cret-91"
