@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/prelabel.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/cam_quality.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/segmenter_loop.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/export_memory.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out
