@@ -16,8 +16,8 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend.config import Settings
-from explain.fetch import ImageFetcher, LabelStudioAuth
-from explain.labeling import plan_for
+from explain.labelstudio.fetch import ImageFetcher, LabelStudioAuth
+from explain.labelstudio.configs import plan_for
 from backend.metrics import Metrics
 from backend.predict import (
     BadRequest, StorageUnavailable, parse_config, parse_project_id, predict_tasks, project_key, validate_tasks,

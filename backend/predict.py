@@ -13,8 +13,8 @@ from backend.metrics import Metrics
 from backend.predictor import Pipeline
 from db import repository
 from db.timestamps import parse_ls_time
-from explain.fetch import ImageFetcher
-from explain.labeling import LabelingPlan
+from explain.labelstudio.fetch import ImageFetcher
+from explain.labelstudio.configs import LabelingPlan
 from explain.service import PrelabelService, TaskOutcome
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ registered twice) adds nothing. A malformed payload is refused whole (BadRequest
 """
 from __future__ import annotations
 
-from explain.labeling import image_data_key, task_image_uri
+from explain.labelstudio.configs import image_data_key, task_image_uri
 from backend.predict import BadRequest, parse_id, parse_project_id
 from db import repository
 

@@ -202,7 +202,7 @@ def masks_of(prelabels, drop_edge: bool = False) -> list[np.ndarray]:
     """(H, W) bool per image: the union of the regions of every targeted class that the backend
     outlines (any class not in ``NEGATIVE_CLASSES``). ``drop_edge`` leaves out regions whose box
     touches the image's edge (a what-if: the product has no such setting)."""
-    from explain.labeling import NEGATIVE_CLASSES
+    from explain.labelstudio.configs import NEGATIVE_CLASSES
 
     masks = []
     for p in prelabels:

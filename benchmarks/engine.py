@@ -178,7 +178,7 @@ def engine_worker(cfg: dict) -> dict:
 
 def postprocess(heatmap: np.ndarray, size: int, repeats: int) -> dict:
     """ms per stage for one size x size image, from a low-resolution heatmap to Label Studio results."""
-    from explain.labelstudio import prelabel_results
+    from explain.labelstudio.results import prelabel_results
     from explain.prelabel import ClassRegions, Prelabel
     from explain.regions import resize_heatmap
     from explain.regions import extract_regions

@@ -53,7 +53,7 @@ CONFIG = """<View>
 # Runs in the child process: peak RSS (KiB) before and after the command, as JSON in $EXPORT_MEMORY_REPORT.
 CHILD = """
 import json, os, resource, sys
-import labeler.cli, labeler.exporting, explain.fetch, explain.images  # the imports: the floor
+import labeler.cli, labeler.exporting, explain.labelstudio.fetch, explain.images  # the imports: the floor
 floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 sys.argv = ["labeler", *sys.argv[1:]]
 code = 0
@@ -70,7 +70,7 @@ with open(os.environ["EXPORT_MEMORY_REPORT"], "w") as report:
 def build_project(root: Path, tasks: int, size: int, seed: int = 0) -> tuple[str, Path]:
     """(database URL, document root) of the synthetic project (see the module docstring)."""
     from db.repository import add_annotation_revision, live_task, upsert_project
-    from explain.labelstudio import brush_result, choices_result, polygon_result
+    from explain.labelstudio.results import brush_result, choices_result, polygon_result
     from labeler.workspace import Workspace
 
     docs = root / "docs"

@@ -138,7 +138,7 @@ class StageTimers:
         import explain.prelabel
         import explain.service as service
         import labeler.prelabeling as prelabeling
-        from explain.fetch import ImageFetcher
+        from explain.labelstudio.fetch import ImageFetcher
         from explain.prelabel import Prelabeler
 
         targets = [
@@ -210,7 +210,7 @@ def compiled_forward(model, shape):
 
 def project_images(ws, document_root: Path) -> list:
     """The project's images, decoded, in task order (what the forward baseline runs on)."""
-    from explain.fetch import ImageFetcher
+    from explain.labelstudio.fetch import ImageFetcher
     from explain.images import load_image
 
     fetcher = ImageFetcher(ws.label_studio_url, ws.auth, document_root)
@@ -220,7 +220,7 @@ def project_images(ws, document_root: Path) -> list:
 
 def fetch_comparison(ws, tasks, document_root: Path) -> dict:
     """Seconds to fetch every task's image from the document root and through Label Studio's HTTP serving."""
-    from explain.fetch import ImageFetcher
+    from explain.labelstudio.fetch import ImageFetcher
 
     out = {}
     for name, root in (("disk", document_root), ("http", None)):

@@ -1,4 +1,8 @@
-"""Grad-CAM heatmaps and their conversion into Label Studio pre-annotations.
+"""From a classifier (and a segmenter) to pre-labels: the Grad-CAM engine (``gradcam``,
+``methods``, ``layers``), image reading (``images``), heatmap -> regions -> polygons / boxes
+(``regions``), the pre-label sources and pipeline (``sources``, ``prelabel``), pictures
+(``overlay``), Label Studio's formats, configs and image fetching (``labelstudio/``) and the
+pre-label service both faces use (``service``: tasks in, answers out).
 
-Pure numpy / OpenCV / TensorFlow; imports nothing else of this project.
+Imports nothing else of this project.
 """

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from explain.fetch import FetchError, ImageFetcher
+from explain.labelstudio.fetch import FetchError, ImageFetcher
 from explain.images import ImageError, load_image
-from explain.labeling import LabelingPlan
-from explain.labelstudio import prelabel_results
+from explain.labelstudio.configs import LabelingPlan
+from explain.labelstudio.results import prelabel_results
 from explain.prelabel import Prelabel, Prelabeler
 
 Stage = Callable[[str], AbstractContextManager]

@@ -65,7 +65,7 @@ class FusionSource(Source):
         return f"fusion:{segmenter_version}+{cam}-{regions}"
 
     def maps(self, cam_maps, lesion_maps, labels):
-        from explain.labeling import NEGATIVE_CLASSES  # here: the command line reads SOURCES without these
+        from explain.labelstudio.configs import NEGATIVE_CLASSES  # here: the command line reads SOURCES without these
         from explain.regions import resize_heatmap
 
         height, width = lesion_maps.shape[:2]

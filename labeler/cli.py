@@ -149,7 +149,7 @@ def train_classifier(
     """Train a classifier on DATA_DIR/<class>/<images> and save it with its spec."""
     import keras
 
-    from labeler.datasets import load_resized, scan_class_folders
+    from labeler.class_folders import load_resized, scan_class_folders
     from models.classifiers import ARCHITECTURES
     from models.loading import save_classifier, weights_version
     from models.training import train_classifier as fit

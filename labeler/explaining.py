@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from explain.images import ImageError, load_image
-from explain.labelstudio import Controls, prelabel_results
+from explain.labelstudio.results import Controls, prelabel_results
 from explain.overlay import colorize, overlay, panel
 from explain.prelabel import Prelabel, Prelabeler, PrelabelSettings
 from explain.regions import resize_heatmap

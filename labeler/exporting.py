@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from explain.images import load_image, to_uint8
-from explain.labelstudio import REGION_TYPES, result_choices, results_to_masks
+from explain.labelstudio.results import REGION_TYPES, result_choices, results_to_masks
 
 FORMATS = ("png", "coco", "npz")
 ANNOTATOR_MODES = ("latest", "majority")
@@ -720,7 +720,7 @@ def export_project(
     """``labeler export``: read the workspace project's tasks from our database, prepare `out` and
     write the export. Images come from `document_root` or Label Studio; with Label Studio set, the
     patient keys come from its task data (else each task is its own patient)."""
-    from explain.fetch import FetchError, ImageFetcher
+    from explain.labelstudio.fetch import FetchError, ImageFetcher
 
     project_id = ws.require_project()
     tasks, known_labels = read_workspace_tasks(ws, settings.predictions)

@@ -19,8 +19,8 @@ from pathlib import Path
 from rich.progress import Progress
 
 from db import repository
-from explain.fetch import ImageFetcher
-from explain.labeling import plan_for
+from explain.labelstudio.fetch import ImageFetcher
+from explain.labelstudio.configs import plan_for
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.service import PrelabelService
 from explain.sources import source_named

@@ -13,8 +13,8 @@ import requests
 from rich.progress import Progress
 
 from explain.images import ImageError, load_image, to_uint8
-from explain.labeling import labeling_config
-from labeler.datasets import IMAGE_SUFFIXES
+from explain.labelstudio.configs import labeling_config
+from labeler.class_folders import IMAGE_SUFFIXES
 from labeler.patients import is_unkeyed, patient_key, patient_secret
 from labeler.workspace import Workspace
 from models.spec import load_spec

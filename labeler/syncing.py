@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from db import repository
 from db.timestamps import parse_ls_time
-from explain.labeling import task_image_uri
+from explain.labelstudio.configs import task_image_uri
 from labeler.workspace import Workspace
 
 

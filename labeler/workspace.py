@@ -61,8 +61,8 @@ class Workspace:
 
     @cached_property
     def auth(self):
-        """Authorization headers for raw downloads (see explain.fetch.LabelStudioAuth)."""
-        from explain.fetch import LabelStudioAuth
+        """Authorization headers for raw downloads (see explain.labelstudio.fetch.LabelStudioAuth)."""
+        from explain.labelstudio.fetch import LabelStudioAuth
 
         self.client  # same checks
         return LabelStudioAuth(self.label_studio_url, self.api_key)

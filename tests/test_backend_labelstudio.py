@@ -173,7 +173,7 @@ def test_annotation_revisions_reach_the_database_through_webhooks(ls, project, b
 
 
 def test_personal_access_token_downloads_uploads_from_the_real_server(label_studio, http, project):
-    from explain.fetch import ImageFetcher, LabelStudioAuth
+    from explain.labelstudio.fetch import ImageFetcher, LabelStudioAuth
 
     _, tasks, _ = project
     upload = next(t for t in tasks if t.data["image"].startswith("/data/upload/"))

@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from explain.fetch import FetchError, ImageFetcher, LabelStudioAuth
-from explain.labeling import image_data_key, plan_for
+from explain.labelstudio.fetch import FetchError, ImageFetcher, LabelStudioAuth
+from explain.labelstudio.configs import image_data_key, plan_for
 
 CLASSES = ("covid", "normal", "pneumonia")
 

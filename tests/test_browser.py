@@ -26,7 +26,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from db import get_project, make_engine, revisions, session_factory
-from explain.rle import rle_to_mask
+from explain.labelstudio.rle import rle_to_mask
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

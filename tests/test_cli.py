@@ -20,7 +20,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from typer.testing import CliRunner
 
 from explain.images import load_image
-from explain.labelstudio import Controls
+from explain.labelstudio.results import Controls
 from labeler.cli import app
 from models.loading import load_classifier
 

@@ -19,7 +19,7 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from db.repository import add_annotation_revision, add_prediction, live_task, model_version, upsert_project
-from explain.labelstudio import brush_result
+from explain.labelstudio.results import brush_result
 from labeler.cli import app
 from labeler.exporting import rle_encode
 from labeler.workspace import Workspace

@@ -11,6 +11,7 @@ server (labeler/studio.py) is tested with; every variable the backend reads must
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -359,7 +360,10 @@ def test_every_backend_variable_is_documented_and_wired(compose):
 
 def _make_n(target: str) -> list[list[str]]:
     """The commands ``make -n -B TARGET`` would run (prerequisites included), split like a shell."""
-    done = subprocess.run(["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True, timeout=30)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test` too
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", target], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stderr
     return [shlex.split(line) for line in done.stdout.splitlines() if line.strip()]
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from db.repository import add_annotation_revision, add_prediction, live_task, model_version, upsert_project
-from explain.labelstudio import brush_result, choices_result, polygon_result
+from explain.labelstudio.results import brush_result, choices_result, polygon_result
 from labeler import exporting
 from labeler.cli import app
 from labeler.workspace import Workspace

@@ -23,7 +23,7 @@ from db import repository
 from db.engine import make_engine, session_factory
 from db.migrating import migrate
 from db.schema import AnnotationRevision, Prediction, Project, Task
-from explain.labelstudio import choices_result
+from explain.labelstudio.results import choices_result
 from labeler.cli import app, prelabel_settings
 from labeler.prelabeling import prelabel_project
 from labeler.studio import LabelStudioServer, free_port

@@ -1,4 +1,4 @@
-"""explain.fetch and explain.images against hostile or unlucky inputs, with real loopback servers.
+"""explain.labelstudio.fetch and explain.images against hostile or unlucky inputs, with real loopback servers.
 
 Dripping and silent servers (one deadline for the whole download), bodies over the byte limit,
 SSRF forms that different URL parsers read differently, paths that would carry the Label Studio
@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from explain.fetch import FetchError, ImageFetcher, LabelStudioAuth
+from explain.labelstudio.fetch import FetchError, ImageFetcher, LabelStudioAuth
 from explain.images import ImageError, load_image
 from test_backend import client, documents, model_path, predict_body, settings, task  # noqa: F401  (fixtures)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
-from explain.labelstudio import (
+from explain.labelstudio.results import (
     brush_result,
     choices_result,
     polygon_result,
@@ -133,7 +133,7 @@ def test_bad_arguments_name_the_parameter(call, name):
 
 
 def test_results_back_to_masks_round_trip_the_regions():
-    from explain.labelstudio import region_mask, result_choices, results_to_masks
+    from explain.labelstudio.results import region_mask, result_choices, results_to_masks
     from explain.regions import RegionSettings, extract_regions
 
     height, width = 90, 140
@@ -160,7 +160,7 @@ def test_results_back_to_masks_round_trip_the_regions():
 
 
 def test_a_rotated_box_turns_about_its_top_left_corner():
-    from explain.labelstudio import region_mask
+    from explain.labelstudio.results import region_mask
 
     value = {"x": 10, "y": 10, "width": 20, "height": 10, "rotation": 90, "rectanglelabels": ["a"]}
     mask = region_mask({"type": "rectanglelabels", "original_width": 100, "original_height": 100, "value": value})

@@ -119,7 +119,7 @@ def labeler(env, *args):
 
 
 def test_rekey_patients_end_to_end(label_studio, ls, tmp_path):
-    from explain.labeling import labeling_config
+    from explain.labelstudio.configs import labeling_config
 
     project = ls.projects.create(title="rekey", label_config=labeling_config(["clear", "opacity"])).id
     url = f"sqlite:///{tmp_path / 'labeler.db'}"
@@ -171,7 +171,7 @@ def test_rekey_patients_end_to_end(label_studio, ls, tmp_path):
 
 
 def test_rekey_resumes_a_partly_converted_project(label_studio, ls, tmp_path):
-    from explain.labeling import labeling_config
+    from explain.labelstudio.configs import labeling_config
 
     project = ls.projects.create(title="rekey-resume", label_config=labeling_config(["clear", "opacity"])).id
     url = f"sqlite:///{tmp_path / 'labeler.db'}"

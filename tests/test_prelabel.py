@@ -7,7 +7,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
 from explain.gradcam import Target
-from explain.labelstudio import Controls, prelabel_results
+from explain.labelstudio.results import Controls, prelabel_results
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.regions import RegionSettings, Threshold
 from models.spec import ModelSpec
@@ -131,8 +131,8 @@ def test_service_reads_in_parallel_answers_in_order_and_isolates_failures(bright
 
     import cv2
 
-    from explain.fetch import FetchError
-    from explain.labeling import plan_for
+    from explain.labelstudio.fetch import FetchError
+    from explain.labelstudio.configs import plan_for
     from explain.service import PrelabelService
 
     model, spec = brightness_model

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from explain.rle import mask_to_rle, rle_to_mask
+from explain.labelstudio.rle import mask_to_rle, rle_to_mask
 
 
 def _sdk(mask: np.ndarray) -> list[int]:

@@ -19,7 +19,7 @@ from backend.app import create_app
 from db.engine import make_engine, session_factory
 from db.repository import add_annotation_revision, add_prediction, live_task, model_version, upsert_project
 from db.schema import Prediction
-from explain.labelstudio import brush_result, choices_result
+from explain.labelstudio.results import brush_result, choices_result
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.regions import RegionSettings, Threshold
 from labeler.cli import app

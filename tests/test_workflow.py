@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from db.engine import make_engine, session_factory
 from db.schema import AnnotationRevision
-from explain.labelstudio import brush_result, choices_result
+from explain.labelstudio.results import brush_result, choices_result
 from labeler.cli import app
 from labeler.demo import BackendProcess
 from models.classifiers import build_small_cnn

@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from explain.labelstudio import REGION_TYPES, result_choices, results_to_masks
+from explain.labelstudio.results import REGION_TYPES, result_choices, results_to_masks
 from labeler import agreement
 
 NAN = float("nan")

@@ -14,7 +14,7 @@ import numpy as np
 
 import skimage.draw
 
-from explain.rle import mask_to_rle, rle_to_mask
+from explain.labelstudio.rle import mask_to_rle, rle_to_mask
 
 REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 

@@ -7,7 +7,7 @@ from xml.sax.saxutils import quoteattr
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from explain.labelstudio import Controls
+from explain.labelstudio.results import Controls
 
 REGION_TAGS = {"BrushLabels": "brush", "PolygonLabels": "polygon", "RectangleLabels": "rectangle"}
 # Classes that mean "nothing to outline": by default they get no regions (LABEL_MAP can override).
