@@ -41,6 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from db.engine import safe_url
 from explain.images import load_image, to_uint8
 from explain.labelstudio.results import REGION_TYPES, result_choices, results_to_masks
 
@@ -725,7 +726,7 @@ def export_project(
     project_id = ws.require_project()
     tasks, known_labels = read_workspace_tasks(ws, settings.predictions)
     if not tasks:
-        raise ValueError(f"project {project_id} has no task with a current annotation in {ws.database_url}")
+        raise ValueError(f"project {project_id} has no task with a current annotation in {safe_url(ws.database_url)}")
     labels = export_labels(tasks, known_labels, settings)
     prepare_out(out, overwrite)
     connected = bool(ws.label_studio_url and ws.api_key)
