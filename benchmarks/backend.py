@@ -18,9 +18,11 @@ What is measured, for each model:
    project id and a label config with Choices + BrushLabels + PolygonLabels): one warm-up
    request, then N timed requests (new task ids each time, so that every prediction is stored).
    Latency is client-side, from sending the request to the last byte of the answer. The share of
-   each stage (fetch, decode, model = forward + Grad-CAM, regions, results = Label Studio JSON,
-   database) comes from the deltas of ``labeler_predict_stage_seconds_sum`` on /metrics around
-   each request; "HTTP + JSON + other" is the rest of the latency.
+   each stage (read = fetch + decode of the batch's images on several threads, model = forward +
+   Grad-CAM, regions, results = Label Studio JSON, database) comes from the deltas of
+   ``labeler_predict_stage_seconds_sum`` on /metrics around each request; "HTTP + JSON + other" is
+   the rest of the latency. fetch and decode are shown too, as the sum over the reading threads
+   (they overlap, so they are not part of the total).
 2. /webhook: 100 annotations, each delivered as ANNOTATION_CREATED then ANNOTATION_UPDATED (200
    deliveries, every one a new revision), each on a new connection as Label Studio sends them, with
    the pre-label of a real task as the annotation result (after 5 warm-up deliveries).
@@ -61,7 +63,8 @@ START, END = "<!-- backend:start -->", "<!-- backend:end -->"
 TASKS = 16
 FIRST_TIMED_ID = 1_000  # timed request r uses task ids 1000 * (r + 1) + 0..15
 PROJECT = "1.1764000000"
-STAGES = ("fetch", "decode", "model", "regions", "results", "database")
+STAGES = ("read", "model", "regions", "results", "database")
+THREADED = ("fetch", "decode")  # inside "read", summed over its threads
 OTHER = "HTTP + JSON + other"
 READY_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 300
@@ -256,7 +259,7 @@ def measure_predict(session: requests.Session, url: str, paths: list[str], repea
         results = check_results(content)
         latencies.append(seconds)
         sizes.append(len(content))
-        stages.append({key: after.get(key, 0.0) - before.get(key, 0.0) for key in (*STAGES, "server")})
+        stages.append({key: after.get(key, 0.0) - before.get(key, 0.0) for key in (*STAGES, *THREADED, "server")})
     return {"warmup_s": warmup_s, "latencies": latencies, "stages": stages, "sizes": sizes, "last": results}
 
 
@@ -406,8 +409,9 @@ def shares(run: dict) -> dict[str, float]:
     """Seconds per request of each stage and of the rest, over all timed requests."""
     n = len(run["latencies"])
     per_stage = {s: sum(r[s] for r in run["stages"]) / n for s in STAGES}
+    threaded = {s: sum(r[s] for r in run["stages"]) / n for s in THREADED}
     total = sum(run["latencies"]) / n
-    return {**per_stage, OTHER: total - sum(per_stage.values()), "total": total,
+    return {**per_stage, **threaded, OTHER: total - sum(per_stage.values()), "total": total,
             "server": sum(r["server"] for r in run["stages"]) / n}
 
 
@@ -435,12 +439,15 @@ def stage_table(results: dict, cfg: dict) -> list[str]:
         "| stage | " + " | ".join(f"{k} ms/request | {k} share" for k in kinds) + " |",
         "|---|" + "---:|---:|" * len(kinds),
     ]
-    for stage in (*STAGES, OTHER, "total"):
+    for stage in (*STAGES, OTHER, "total", *THREADED):
         cells = []
         for kind in kinds:
             p = parts[kind]
-            cells += [f"{1000 * p[stage]:.0f}", f"{100 * p[stage] / p['total']:.1f} %"]
+            share = "(threads)" if stage in THREADED else f"{100 * p[stage] / p['total']:.1f} %"
+            cells += [f"{1000 * p[stage]:.0f}", share]
         name = f"**{stage}**" if stage == "total" else stage
+        if stage in THREADED:
+            name = f"{stage} (in read, summed over its threads)"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

@@ -7,8 +7,9 @@ tasks in, one answer per task out (in task order), with what the database record
 ``read`` fetches and decodes the batch's images on a few threads (network and disk waits
 overlap); a task whose image cannot be fetched or decoded gets an empty answer and a failure of
 its own, the others are pre-labelled as usual. ``stage`` (optional) is called with a stage name
-("fetch", "decode", "model", "regions", "results") and must return a context manager: how the
-backend times each stage.
+("read", "fetch", "decode", "model", "regions", "results") and must return a context manager: how the
+backend times each stage; "read" is the wall time of reading a batch, while "fetch" and "decode"
+add up the time of every reading thread.
 """
 from __future__ import annotations
 
@@ -74,12 +75,13 @@ class PrelabelService:
     def read(self, tasks: Sequence[dict]) -> list[TaskOutcome]:
         """Each task (``{"id": int, "data": {...}}``) with its image decoded, or its failure."""
         outcomes = [TaskOutcome(task["id"], task["data"].get(self.plan.data_key)) for task in tasks]
-        if len(outcomes) > 1 and self.readers > 1:
-            with ThreadPoolExecutor(min(self.readers, len(outcomes)), thread_name_prefix="read") as pool:
-                list(pool.map(self._read_one, outcomes))
-        else:
-            for outcome in outcomes:
-                self._read_one(outcome)
+        with self.stage("read"):  # the wall time; "fetch" and "decode" add up every thread's time
+            if len(outcomes) > 1 and self.readers > 1:
+                with ThreadPoolExecutor(min(self.readers, len(outcomes)), thread_name_prefix="read") as pool:
+                    list(pool.map(self._read_one, outcomes))
+            else:
+                for outcome in outcomes:
+                    self._read_one(outcome)
         return outcomes
 
     def _read_one(self, outcome: TaskOutcome) -> None:
