@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from db.identity import label_studio_identity
 from explain.sources import SOURCES
 
 
@@ -102,7 +103,7 @@ class Settings:
             max_tasks_per_request=_number(env, "MAX_TASKS_PER_REQUEST", cls.max_tasks_per_request, int),
             max_request_bytes=_number(env, "MAX_REQUEST_BYTES", cls.max_request_bytes, int),
             label_map=_pairs(env.get("LABEL_MAP", "")),
-            label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/") or None,
+            label_studio_url=_label_studio_url(env.get("LABEL_STUDIO_URL")),
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
             local_files_document_root=Path(root) if root else None,
             allowed_image_hosts=_split(env.get("ALLOWED_IMAGE_HOSTS", "")),
@@ -120,6 +121,17 @@ class Settings:
         if any(SOURCES[source].needs_segmenter for source in settings.sources) and settings.segmenter_path is None:
             raise ValueError("SEGMENTER_PATH is not set, but a project pre-labels from the segmenter")
         return settings
+
+
+def _label_studio_url(value: str | None) -> str | None:
+    """LABEL_STUDIO_URL without its trailing slash; ValueError naming it when it is no base URL."""
+    if not value:
+        return None
+    try:
+        label_studio_identity(value)
+    except ValueError as exc:
+        raise ValueError(f"LABEL_STUDIO_URL: {exc}") from None
+    return value.strip().rstrip("/")
 
 
 def _flag(env, name, default: bool) -> bool:

@@ -200,3 +200,11 @@ def test_label_studio_identity_is_one_spelling(url, identity):
 def test_label_studio_identity_refuses_what_is_not_a_base_url(url):
     with pytest.raises(ValueError, match="not a Label Studio base URL"):
         label_studio_identity(url)
+
+
+def test_a_label_studio_url_that_is_no_base_url_stops_the_settings_with_its_name():
+    from backend.config import Settings
+
+    with pytest.raises(ValueError, match="LABEL_STUDIO_URL: not a Label Studio base URL"):
+        Settings.from_env({"MODEL_PATH": "m.keras", "LABEL_STUDIO_URL": "http://user@host:8080"})
+    assert Settings.from_env({"MODEL_PATH": "m.keras", "LABEL_STUDIO_URL": "http://h:8080/"}).label_studio_url == "http://h:8080"
