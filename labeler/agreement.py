@@ -70,6 +70,24 @@ def iou(a, b) -> float:
     return int(np.logical_and(a, b).sum()) / union
 
 
+def edit_fraction(prelabel, truth) -> float:
+    """How much an annotator paints and erases to turn ``prelabel`` into ``truth`` (both (H, W)),
+    relative to drawing the truth from scratch: (false-positive + false-negative pixels) / true
+    pixels. 0.0 = nothing to do, 1.0 = no gain over drawing it, above 1.0 = worse; lower is better.
+    An empty truth: 0.0 when the pre-label is empty too, else 1.0 (erasing a wrong region is work
+    where drawing from scratch is none)."""
+    prelabel, truth = _pair(prelabel, truth)
+    changed = int(np.logical_xor(prelabel, truth).sum())
+    return edit_fraction_of(changed, int(truth.sum()))
+
+
+def edit_fraction_of(changed_pixels: int, truth_pixels: int) -> float:
+    """`edit_fraction` from counts: pixels to paint plus pixels to erase, and the truth's pixels."""
+    if truth_pixels == 0:
+        return 0.0 if changed_pixels == 0 else 1.0
+    return changed_pixels / truth_pixels
+
+
 def pixel_changes(before, after) -> tuple[int, int]:
     """(added, removed) pixel counts going from mask `before` to mask `after`, both (H, W)."""
     before, after = _pair(before, after)

@@ -226,10 +226,10 @@ def evaluate_segmenter(
     from labeler.segmenting import evaluate_segmenter as evaluate, write_rows
 
     summaries, rows = evaluate(model, export_dir, split, threshold, min_area)
-    table = Table("label", "tasks", "Dice", "IoU", "fp", "fp_any", "pre-label Dice", "pre-label IoU")
+    table = Table("label", "tasks", "Dice", "IoU", "edit", "fp", "fp_any", "pre-label Dice", "pre-label IoU", "pre-label edit")
     number = lambda v: "n/a" if v is None else f"{v:.3f}"
     for s in summaries:
-        table.add_row(s.label, str(s.tasks), *(number(v) for v in (s.dice, s.iou, s.fp, s.fp_any, s.prelabel_dice, s.prelabel_iou)))
+        table.add_row(s.label, str(s.tasks), *(number(v) for v in (s.dice, s.iou, s.edit, s.fp, s.fp_any, s.prelabel_dice, s.prelabel_iou, s.prelabel_edit)))
     console.print(table)
     if csv_out:
         write_rows(rows, csv_out)

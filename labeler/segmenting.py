@@ -17,7 +17,7 @@ import numpy as np
 from explain.images import load_image, to_uint8
 from explain.regions import resize_heatmap
 from explain.regions import RegionSettings, Threshold, extract_regions
-from labeler.agreement import dice, iou
+from labeler.agreement import dice, edit_fraction, iou
 from models.datasets import export_labels, export_rows
 
 
@@ -84,7 +84,8 @@ def carve_validation(count: int, fraction: float, seed: int) -> tuple[np.ndarray
 class LabelScores:
     """Scores of one label over a split. Dice / IoU are means over the tasks whose corrected mask
     has the label (an empty prediction scores 0); fp is the mean fraction of pixels predicted on
-    tasks without it, fp_any the share of those with any pixel predicted."""
+    tasks without it, fp_any the share of those with any pixel predicted; edit is the mean edit
+    fraction (`labeler.agreement.edit_fraction`) over every task, with or without the label."""
 
     label: str
     tasks: int
@@ -94,6 +95,8 @@ class LabelScores:
     fp_any: float | None
     prelabel_dice: float | None
     prelabel_iou: float | None
+    edit: float | None = None
+    prelabel_edit: float | None = None
 
 
 def predicted_masks(maps: np.ndarray, size: tuple[int, int], regions: RegionSettings) -> np.ndarray:
@@ -115,7 +118,10 @@ def score_labels(labels, truths, predictions, prelabels=None) -> tuple[list[Labe
     for n, (truth, predicted, prelabel) in enumerate(zip(truths, predictions, prelabels)):
         for i, label in enumerate(labels):
             present = bool(truth[..., i].any())
-            row = {"task": n, "label": label, "present": present, "predicted_fraction": float(predicted[..., i].mean())}
+            row = {"task": n, "label": label, "present": present, "predicted_fraction": float(predicted[..., i].mean()),
+                   "edit_fraction": edit_fraction(predicted[..., i], truth[..., i])}
+            if prelabel is not None:
+                row["prelabel_edit_fraction"] = edit_fraction(prelabel[..., i], truth[..., i])
             if present:
                 row["dice"], row["iou"] = _overlap(truth[..., i], predicted[..., i])
                 if prelabel is not None:
@@ -134,6 +140,8 @@ def score_labels(labels, truths, predictions, prelabels=None) -> tuple[list[Labe
             fp_any=_mean(float(r["predicted_fraction"] > 0) for r in absent),
             prelabel_dice=_mean(r["prelabel_dice"] for r in with_prelabel),
             prelabel_iou=_mean(r["prelabel_iou"] for r in with_prelabel),
+            edit=_mean(r["edit_fraction"] for r in mine),
+            prelabel_edit=_mean(r["prelabel_edit_fraction"] for r in mine if "prelabel_edit_fraction" in r),
         ))
     return summaries, rows
 
@@ -180,7 +188,8 @@ def evaluate_segmenter(model_path: Path, export_dir: Path, split: str, threshold
 
 def write_rows(rows: list[dict], path: Path):
     """Per-(task, label) scores as CSV."""
-    columns = ["task_id", "label", "present", "predicted_fraction", "dice", "iou", "prelabel_dice", "prelabel_iou"]
+    columns = ["task_id", "label", "present", "predicted_fraction", "dice", "iou", "edit_fraction",
+               "prelabel_dice", "prelabel_iou", "prelabel_edit_fraction"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns)

@@ -146,6 +146,9 @@ def test_score_labels_counts_empty_predictions_as_zero_and_false_positives_on_cl
     assert s.iou == pytest.approx((8 / 16 + 0.0) / 2)
     assert s.fp == pytest.approx((0.05 + 0.0) / 2) and s.fp_any == pytest.approx(0.5)
     assert s.prelabel_dice == pytest.approx(1.0)
+    # edit fraction over every task: half drawn 8/16, nothing drawn 16/16, noise on a clear task 1, clear 0
+    assert [r["edit_fraction"] for r in rows] == pytest.approx([0.5, 1.0, 1.0, 0.0])
+    assert s.edit == pytest.approx(0.625) and s.prelabel_edit == pytest.approx(0.0)
     assert len(rows) == 4
 
 

@@ -91,6 +91,18 @@ def test_dice_and_iou_of_two_overlapping_squares():
     assert agreement.pixel_changes(a, b) == (75, 75)
 
 
+def test_edit_fraction_counts_pixels_to_paint_and_to_erase_over_the_truth():
+    truth = rect(0, 10, 0, 10)  # 100 px
+    shifted = rect(5, 15, 0, 10)  # 50 shared: 50 to erase, 50 to paint
+    assert agreement.edit_fraction(shifted, truth) == pytest.approx(100 / 100)
+    assert agreement.edit_fraction(rect(0, 10, 0, 5), truth) == pytest.approx(50 / 100)  # half drawn
+    assert agreement.edit_fraction(truth, truth) == 0.0
+    assert agreement.edit_fraction(np.zeros((H, W), bool), truth) == 1.0  # nothing: draw it all
+    assert agreement.edit_fraction(rect(0, 20, 0, 20), truth) == pytest.approx(300 / 100)  # worse than drawing
+    empty = np.zeros((H, W), bool)
+    assert agreement.edit_fraction(empty, empty) == 0.0 and agreement.edit_fraction(truth, empty) == 1.0
+
+
 def test_empty_mask_conventions():
     empty, a = np.zeros((H, W), bool), rect(3, 8, 3, 8)
     assert agreement.dice(empty, empty) == 1.0 and agreement.iou(empty, empty) == 1.0
@@ -279,6 +291,9 @@ def test_per_task_numbers_match_independent_values(db_url, tmp_path):
         assert num(row["hd95"]) == pytest.approx(np.mean(hds), abs=1e-6), ann_id
         assert int(row["pixels_added"]) == sum(int((f & ~p).sum()) for p, f in labels.values())
         assert int(row["pixels_removed"]) == sum(int((p & ~f).sum()) for p, f in labels.values())
+        changed = sum(int((p ^ f).sum()) for p, f in labels.values())
+        truth = sum(int(f.sum()) for f in (f for _, f in labels.values()))
+        assert num(row["edit_fraction"]) == pytest.approx(changed / truth if truth else float(changed > 0)), ann_id
         assert row["labels"].split() == sorted(labels)
         assert row["prediction_source"] == "before" and row["model_version"] == "mv-a"
 

@@ -54,6 +54,8 @@ def _group_row(items: list[AnnotationStats]) -> dict[str, Any]:
         "untouched_rate": untouched_rate,
         "pixels_added": sum(s.pixels_added or 0 for s in scored),
         "pixels_removed": sum(s.pixels_removed or 0 for s in scored),
+        "edit_fraction_mean": mean_of(s.edit_fraction for s in scored),
+        "edit_fraction_median": median_of(s.edit_fraction for s in scored),
     }
 
 
@@ -77,6 +79,7 @@ def build_tables(stats: Stats) -> Tables:
             "untouched": s.untouched,
             "pixels_added": s.pixels_added,
             "pixels_removed": s.pixels_removed,
+            "edit_fraction": s.edit_fraction,
             "pred_pixels": s.pred_pixels,
             "final_pixels": s.final_pixels,
             "revisions": s.revisions,
@@ -161,7 +164,7 @@ def build_tables(stats: Stats) -> Tables:
         {"metric": "with_prediction", "scope": "all", "value": overall["with_prediction"], "n": overall["annotations"]},
     ]
     n = overall["with_prediction"]
-    for metric in ("dice_mean", "dice_median", "iou_mean", "hd95_median"):
+    for metric in ("dice_mean", "dice_median", "iou_mean", "hd95_median", "edit_fraction_mean", "edit_fraction_median"):
         summary.append({"metric": metric, "scope": "pre-label vs final", "value": overall[metric], "n": n})
     summary += [
         {"metric": "class_accuracy", "scope": "pre-label vs final", "value": overall["class_accuracy"], "n": overall["class_n"]},
