@@ -154,6 +154,8 @@ def train_classifier(
     confusion matrix (MODEL.confusion.csv)."""
     import keras
 
+    from rich.markup import escape
+
     from labeler.class_folders import load_resized, read_patients, scan_class_folders
     from models.classifiers import ARCHITECTURES
     from models.loading import save_classifier, weights_version
@@ -195,11 +197,11 @@ def train_classifier(
     table = Table(title=f"validation confusion, {int(report.confusion.sum())} images (rows true, columns predicted)")
     table.add_column("true \\ predicted")
     for name in class_names:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
     table.add_column("recall", justify="right")
     for name, row, hits in zip(class_names, report.confusion, report.confusion.diagonal()):
         recall = f"{hits / row.sum():.3f}" if row.sum() else "n/a"
-        table.add_row(name, *(str(int(v)) for v in row), recall)
+        table.add_row(escape(name), *(str(int(v)) for v in row), recall)
     console.print(table)
     console.print(f"saved {confusion_path}")
     largest, rate = report.majority_baseline()

@@ -207,6 +207,21 @@ def test_cli_writes_the_confusion_csv_and_warns_when_the_data_are_unlearnable(tm
     ]
 
 
+def test_cli_warns_when_accuracy_only_equals_the_majority_rate(tmp_path):
+    """Balanced classes, identical images: every validation image gets the same class, so accuracy
+    is exactly the majority rate 0.5 (ties name the first class) -- no better, so a warning."""
+    data = write_folders(tmp_path / "data", {"clear": 5, "opacity": 5},
+                         lambda c, i: np.full((SIZE, SIZE), 90, np.uint8))
+    result = invoke("train-classifier", data, "--out", tmp_path / "m.keras", "--size", SIZE, "--epochs", 1,
+                    "--val-split", 0.4)
+    assert result.exit_code == 0, result.output
+    _, _, matrix = read_confusion(tmp_path / "m.confusion.csv")
+    assert matrix.sum(axis=1).tolist() == [2, 2] and matrix.trace() == 2
+    assert warning_lines(result.stderr) == [
+        "warning: validation accuracy 0.500 does not beat always guessing 'clear' (0.500)"
+    ]
+
+
 def test_cli_does_not_warn_when_the_classes_are_learnt(tmp_path):
     """Black against white images: learnt in a few epochs, and the majority-class rate is beaten."""
     data = write_folders(tmp_path / "data", {"dark": 8, "light": 8},
