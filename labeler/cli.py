@@ -190,9 +190,10 @@ def train_classifier(
         f"saved {out} (version {weights_version(model)}), epoch {report.best_epoch} of {report.epochs}: "
         f"train accuracy {report.train_accuracy:.3f}, validation accuracy {val}"
     )
-    if report.confusion is None:
-        return
     confusion_path = out.with_name(f"{out.stem}.confusion.csv")
+    if report.confusion is None:
+        confusion_path.unlink(missing_ok=True)  # an earlier run's matrix would describe another model
+        return
     save_confusion(report.confusion, class_names, confusion_path)
     table = Table(title=f"validation confusion, {int(report.confusion.sum())} images (rows true, columns predicted)")
     table.add_column("true \\ predicted")
