@@ -277,3 +277,14 @@ def test_cli_bad_patients_file(tmp_path):
         assert "secret-name" not in result.output and "P1" not in result.output and str(tmp_path) not in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "m.keras").exists()
+
+
+def test_cli_without_validation_leaves_no_confusion_csv(tmp_path):
+    data = write_folders(tmp_path / "data", {"a": 4, "b": 4}, lambda c, i: np.full((SIZE, SIZE), 60 * c, np.uint8))
+    out = tmp_path / "m.keras"
+    assert invoke("train-classifier", data, "--out", out, "--size", SIZE, "--epochs", 1).exit_code == 0
+    assert (tmp_path / "m.confusion.csv").is_file()
+    result = invoke("train-classifier", data, "--out", out, "--size", SIZE, "--epochs", 1, "--val-split", 0)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "m.confusion.csv").exists()  # the earlier matrix described another model
+    assert "validation accuracy n/a" in result.stdout and warning_lines(result.stderr) == []
