@@ -144,14 +144,22 @@ def train_classifier(
     learning_rate: Annotated[float, typer.Option()] = 1e-3,
     weights: Annotated[Optional[Path], typer.Option(help="Local InceptionV3 no-top weights file (never downloaded).")] = None,
     augment: Annotated[bool, typer.Option(help="Random rotation, zoom, shift and contrast while training.")] = True,
+    patients: Annotated[Optional[Path], typer.Option(
+        help="CSV with columns file,patient (file: path relative to DATA_DIR or name); a patient's images "
+        "stay on one side of the validation split, unlisted images are their own patient.")] = None,
+    class_weights: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency.")] = True,
     seed: Annotated[int, typer.Option()] = 0,
 ):
-    """Train a classifier on DATA_DIR/<class>/<images> and save it with its spec."""
+    """Train a classifier on DATA_DIR/<class>/<images> and save it with its spec and the validation
+    confusion matrix (MODEL.confusion.csv)."""
     import keras
 
-    from labeler.class_folders import load_resized, scan_class_folders
+    from rich.markup import escape
+
+    from labeler.class_folders import load_resized, read_patients, scan_class_folders
     from models.classifiers import ARCHITECTURES
     from models.loading import save_classifier, weights_version
+    from models.training import save_confusion
     from models.training import train_classifier as fit
 
     if arch not in ARCHITECTURES:
@@ -159,6 +167,7 @@ def train_classifier(
     if out.suffix not in (".keras", ".h5"):
         raise ValueError(f"--out must end in .keras or .h5, got {out.name!r}")
     paths, labels, class_names = scan_class_folders(data_dir)
+    patient_ids = None if patients is None else read_patients(patients, data_dir, paths)
     options = {"weights": weights} if arch == "inception" else {}
     keras.utils.set_random_seed(seed)  # the initial weights too, so that --seed reproduces a run
     model, spec = ARCHITECTURES[arch](class_names=class_names, input_size=(size, size), **options)
@@ -170,13 +179,39 @@ def train_classifier(
     report = fit(
         model, spec, images, labels[kept], epochs=epochs, batch_size=batch_size, val_fraction=val_split,
         learning_rate=learning_rate, seed=seed, augment=augment, verbose=1 if sys.stdout.isatty() else 2,
+        patients=None if patient_ids is None else patient_ids[kept], balance_classes=class_weights,
     )
     save_classifier(model, spec, out)
+    if report.class_weights is not None:
+        shown = ", ".join(f"{class_names[i]} {w:.3f}" for i, w in report.class_weights.items())
+        console.print(f"class weights: {shown}")
     val = "n/a" if report.val_accuracy is None else f"{report.val_accuracy:.3f}"
     console.print(
         f"saved {out} (version {weights_version(model)}), epoch {report.best_epoch} of {report.epochs}: "
         f"train accuracy {report.train_accuracy:.3f}, validation accuracy {val}"
     )
+    confusion_path = out.with_name(f"{out.stem}.confusion.csv")
+    if report.confusion is None:
+        confusion_path.unlink(missing_ok=True)  # an earlier run's matrix would describe another model
+        return
+    save_confusion(report.confusion, class_names, confusion_path)
+    table = Table(title=f"validation confusion, {int(report.confusion.sum())} images (rows true, columns predicted)")
+    table.add_column("true \\ predicted")
+    for name in class_names:
+        table.add_column(escape(name), justify="right")
+    table.add_column("recall", justify="right")
+    for name, row, hits in zip(class_names, report.confusion, report.confusion.diagonal()):
+        recall = f"{hits / row.sum():.3f}" if row.sum() else "n/a"
+        table.add_row(escape(name), *(str(int(v)) for v in row), recall)
+    console.print(table)
+    console.print(f"saved {confusion_path}")
+    largest, rate = report.majority_baseline()
+    accuracy = float(report.confusion.trace() / report.confusion.sum())  # exact, unlike Keras' float32 metric
+    if accuracy <= rate:
+        errors.print(
+            f"warning: validation accuracy {accuracy:.3f} does not beat always guessing "
+            f"'{class_names[largest]}' ({rate:.3f})", markup=False, highlight=False,
+        )
 
 
 @app.command("train-segmenter")
