@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, jsonify, request
@@ -27,10 +28,11 @@ from backend.predictor import ModelUnavailable, Predictor, prelabel_settings
 from backend.webhooks import handle_event
 from db import repository
 from db.identity import label_studio_identity
-from db.engine import make_engine, session_factory
-from db.migrating import migrate
+from db.engine import session_factory
+from db.migrating import open_database
 
 log = logging.getLogger("backend")
+PLAN_CACHE = 64  # labelling configs kept parsed (one per project is the usual need)
 MAX_JSON_DEPTH = 64  # Label Studio's bodies nest about 6 deep; far deeper is an attack or a bug
 
 
@@ -56,11 +58,10 @@ class Backend:
         for source in settings.sources:  # fail at start on a bad setting, not on the first task
             prelabel_settings(settings, source)
         self.settings = settings
-        migrate(settings.database_url)
-        self.sessions = session_factory(make_engine(settings.database_url))
+        self.sessions = session_factory(open_database(settings.database_url))
         self.predictor = Predictor(settings)
         self.metrics = Metrics()
-        self._plans: dict[str, object] = {}
+        self._plans: OrderedDict[tuple, object] = OrderedDict()  # the newest PLAN_CACHE configs
         self._auths: dict[tuple[str, str], LabelStudioAuth] = {}
         self.configured = label_studio_identity(settings.label_studio_url)
         if not settings.label_studio_url and not settings.basic_auth_user:
@@ -115,13 +116,19 @@ class Backend:
         )
 
     def plan(self, config: str, class_names):
+        """The labelling plan of a config, parsed once while it is among the newest ``PLAN_CACHE``."""
         key = (config, tuple(class_names))
-        if key not in self._plans:
-            try:
-                self._plans[key] = plan_for(config, class_names, self.settings.label_map)
-            except ValueError as exc:
-                raise BadRequest(str(exc)) from None
-        return self._plans[key]
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        try:
+            plan = plan_for(config, class_names, self.settings.label_map)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        self._plans[key] = plan
+        while len(self._plans) > PLAN_CACHE:  # bounded: every caller may send configs of its own
+            self._plans.popitem(last=False)
+        return plan
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -183,7 +190,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         backend.metrics.set_model_version(pipeline.version)
         results = predict_tasks(
             tasks, project_id, plan, pipeline, backend.fetcher(connection), backend.sessions, backend.metrics,
-            label_studio=connection.identity,
+            label_studio=connection.identity, max_pixels=settings.max_image_pixels,
         )
         return jsonify(results=results, model_version=pipeline.version)
 

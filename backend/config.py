@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from db.identity import label_studio_identity
+from explain.images import MAX_PIXELS
 from explain.sources import SOURCES
 
 
@@ -64,6 +65,7 @@ class Settings:
     local_files_document_root: Path | None = None
     allowed_image_hosts: tuple[str, ...] = ()
     max_image_bytes: int = 50_000_000
+    max_image_pixels: int = MAX_PIXELS
     fetch_timeout: float = 10.0
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
@@ -108,6 +110,7 @@ class Settings:
             local_files_document_root=Path(root) if root else None,
             allowed_image_hosts=_split(env.get("ALLOWED_IMAGE_HOSTS", "")),
             max_image_bytes=_number(env, "MAX_IMAGE_BYTES", cls.max_image_bytes, int),
+            max_image_pixels=_number(env, "MAX_IMAGE_PIXELS", cls.max_image_pixels, int),
             fetch_timeout=_number(env, "FETCH_TIMEOUT", cls.fetch_timeout, float),
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,

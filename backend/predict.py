@@ -13,6 +13,7 @@ from backend.metrics import Metrics
 from backend.predictor import Pipeline
 from db import repository
 from db.timestamps import parse_ls_time
+from explain.images import MAX_PIXELS
 from explain.labelstudio.fetch import ImageFetcher
 from explain.labelstudio.configs import LabelingPlan
 from explain.service import PrelabelService, TaskOutcome
@@ -136,11 +137,15 @@ def predict_tasks(
     sessions,
     metrics: Metrics,
     label_studio: str = "",
+    max_pixels: int = MAX_PIXELS,
 ) -> list[dict]:
     """One Label Studio prediction per task, in order (see the module docstring); stored under
-    the project of Label Studio ``label_studio`` (a `db.identity` string, "" when unknown)."""
+    the project of Label Studio ``label_studio`` (a `db.identity` string, "" when unknown); images
+    over ``max_pixels`` (width x height) fail alone."""
     watch = Stopwatch(metrics)
-    service = PrelabelService(pipeline.prelabeler, pipeline.loaded.version, plan, fetcher, stage=watch.stage)
+    service = PrelabelService(
+        pipeline.prelabeler, pipeline.loaded.version, plan, fetcher, stage=watch.stage, max_pixels=max_pixels
+    )
     outcomes = service.read(tasks)
     _log_failures(outcomes)
     service.label(outcomes)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from explain.labelstudio.fetch import FetchError, ImageFetcher
-from explain.images import ImageError, load_image
+from explain.images import MAX_PIXELS, ImageError, load_image
 from explain.labelstudio.configs import LabelingPlan
 from explain.labelstudio.results import prelabel_results
 from explain.prelabel import Prelabel, Prelabeler
@@ -51,13 +51,14 @@ class PrelabelService:
 
     def __init__(
         self, prelabeler: Prelabeler, weights_id: str, plan: LabelingPlan, fetcher: ImageFetcher,
-        readers: int = 4, stage: Stage | None = None,
+        readers: int = 4, stage: Stage | None = None, max_pixels: int = MAX_PIXELS,
     ):
         self.prelabeler = prelabeler
         self.weights_id = weights_id
         self.plan = plan
         self.fetcher = fetcher
         self.readers = readers
+        self.max_pixels = max_pixels  # width x height, checked from the header before decoding
         self.stage: Stage = stage or (lambda _name: nullcontext())
 
     @property
@@ -89,7 +90,7 @@ class PrelabelService:
             with self.stage("fetch"):
                 data = self.fetcher.fetch(outcome.uri, outcome.task_id)
             with self.stage("decode"):
-                outcome.image = load_image(data, name=f"task {outcome.task_id}")
+                outcome.image = load_image(data, name=f"task {outcome.task_id}", max_pixels=self.max_pixels)
             outcome.content_hash = hashlib.sha256(data).hexdigest()
         except FetchError as exc:
             outcome.failure = (exc.kind, f"task {outcome.task_id}: {exc}")

@@ -259,3 +259,26 @@ def test_the_failures_of_a_batch_are_logged_as_one_line_per_kind(client, session
     assert lines[0].startswith(f"50 task(s) failed (config): tasks {ids} and 30 more; first: task 1: ")
     assert lines[1].startswith("3 task(s) failed (bad_task): tasks 200, 201, 202; first: task 200: ")
     assert count(sessions, Failure) == 53
+
+
+def test_max_image_pixels_is_a_setting_and_an_image_over_it_fails_alone(tmp_path, model_path, documents):
+    assert Settings.from_env({"MODEL_PATH": "m.keras", "MAX_IMAGE_PIXELS": "5000"}).max_image_pixels == 5000
+    # img0.png is 80 x 60 = 4,800 pixels, img1.png 50 x 90 = 4,500: a cap of 4,600 refuses only img0
+    client = create_app(make_settings(tmp_path, model_path, documents, max_image_pixels=4600)).test_client()
+    answer = client.post("/predict", json=predict_body(task(1, "img0.png"), task(2, "img1.png")))
+    assert answer.status_code == 200
+    first, second = answer.json["results"]
+    assert first["result"] == [] and second["result"]
+
+
+def test_the_plan_cache_keeps_only_the_newest_configs(tmp_path, model_path, documents):
+    from backend.app import PLAN_CACHE
+
+    app = create_app(make_settings(tmp_path, model_path, documents))
+    backend = app.config["BACKEND"]
+    for n in range(PLAN_CACHE + 20):  # configs that differ only in a label: each is parsed and kept
+        config = CONFIG.replace('<Label value="Opacity"/>', f'<Label value="Opacity"/><Label value="x{n}"/>', 1)
+        backend.plan(config, ("covid", "normal", "pneumonia"))
+    assert len(backend._plans) == PLAN_CACHE
+    newest = CONFIG.replace('<Label value="Opacity"/>', f'<Label value="Opacity"/><Label value="x{PLAN_CACHE + 19}"/>', 1)
+    assert (newest, ("covid", "normal", "pneumonia")) in backend._plans
