@@ -24,6 +24,7 @@ from explain.labelstudio.configs import plan_for
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.service import PrelabelService
 from explain.sources import source_named
+from labeler.project import set_active_model_version
 from labeler.workspace import Workspace
 from models.loading import load_classifier, load_segmenter
 from models.segmentation import Segmenter
@@ -108,6 +109,8 @@ def prelabel_project(
             progress.advance(bar, len(batch))
         if saving is not None:
             saving.result()
+    if done or reposts or predicted:  # the Data Manager's score column shows these predictions
+        set_active_model_version(ws, project_id, version)
     return PrelabelReport(predicted, len(done), failed, time.perf_counter() - start, version, len(reposts))
 
 

@@ -49,6 +49,14 @@ def connect_backend(ws: Workspace, project_id: int, backend_url: str):
         ws.client.webhooks.create(project=project_id, url=f"{backend_url}/webhook", send_payload=True, send_for_all_actions=True)
 
 
+def set_active_model_version(ws: Workspace, project_id: int, version: str):
+    """Make ``version`` the project's active model version. Label Studio's Data Manager shows (and
+    sorts by) the prediction score of the active version's predictions only; a project whose
+    active version is anything else, the ML backend's title say, shows no score at all. Label
+    Studio accepts only a version that some prediction of the project (or a backend title) has."""
+    ws.client.projects.update(id=project_id, model_version=version)
+
+
 @dataclass(frozen=True)
 class Imported:
     added: int

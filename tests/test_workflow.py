@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import pydicom
 import pytest
+import requests
 from label_studio_sdk.converter.brush import decode_rle
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -115,6 +116,13 @@ def test_the_whole_workflow(setup, ls, label_studio):
     assert "pre-labelled 0 task(s)" in labeler(env, "prelabel", "--model", setup["model"])
     predictions = {t.id: ls.predictions.list(task=t.id) for t in tasks}
     assert all(len(p) == 1 for p in predictions.values())
+    # the Data Manager shows (and sorts by) the scores of the active model version only
+    versions = {p[0].model_version for p in predictions.values()}
+    assert versions == {ls.projects.get(id=project).model_version}
+    listed = requests.get(f"{label_studio.url}/api/tasks", params={"project": project, "fields": "all"},
+                          headers={"Authorization": f"Token {label_studio.token}"}, timeout=30).json()
+    listed = listed["tasks"] if isinstance(listed, dict) else listed
+    assert all(t["predictions_score"] is not None for t in listed), listed
 
     # Two annotators on three tasks: masks made here, so the truth is known exactly.
     second = ls.users.create(username="second", email="second@example.com", password="second-pass-123")
