@@ -31,13 +31,14 @@ class Metrics:
             "labeler_model_info", "The model version in use (value 1)", ["version"], registry=self.registry,
             multiprocess_mode="max",
         )
+        self._versions: set[str] = set()
 
     def set_model_version(self, version: str):
         """1 for ``version``, 0 for every other version this process served (a 0, not a removal:
         in multiprocess mode another worker's file would still show it)."""
-        for labels in list(self.model._metrics):
-            if labels != (version,):
-                self.model.labels(*labels).set(0)
+        for served in self._versions - {version}:
+            self.model.labels(version=served).set(0)
+        self._versions.add(version)
         self.model.labels(version=version).set(1)
 
     def render(self) -> bytes:

@@ -33,19 +33,16 @@ class TooManyTasks(BadRequest):
     status = 413
 
 
-ID_MAX = 2**63 - 1  # Label Studio ids are positive 64-bit integers (bigint primary keys)
-
-
 class StorageUnavailable(Exception):
     """The database refused a batch; nothing of it is answered (HTTP 503, Label Studio retries)."""
 
 
 def parse_id(value, name: str) -> int:
-    """``value`` as a Label Studio id: an integer (not a bool) in 0..2**63-1, else BadRequest naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{name} must be an integer id, got {_kind(value)}")
-    if not 0 <= value <= ID_MAX:
-        raise BadRequest(f"{name} must be an integer id in 0..2**63-1, got {value}")
+    """``value`` as a Label Studio id (`db.repository.check_id`), else BadRequest naming ``name``."""
+    try:
+        repository.check_id(value, name)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     return value
 
 
@@ -81,7 +78,7 @@ def webhook_project_key(body: dict) -> str | None:
         return None
     try:
         created = parse_ls_time(project.get("created_at"))
-    except (ValueError, TypeError, OverflowError):
+    except ValueError:
         return None
     return f"{project['id']}.{int(created.timestamp())}" if created else None
 

@@ -47,11 +47,6 @@ class Pipeline:
         return self.prelabeler.version(self.loaded.version)
 
     @property
-    def settings(self) -> dict:
-        """Every output-changing setting, as JSON-able values (stored with the model version)."""
-        return self.prelabeler.recorded_settings
-
-    @property
     def class_names(self) -> tuple[str, ...]:
         """What a labelling config's labels are matched against (``Prelabeler.label_names``)."""
         return self.prelabeler.label_names

@@ -126,7 +126,7 @@ def live_task(
     deleted and a new row created. An empty ``image_uri`` means "not known" and matches any
     row. A missing image URI, hash and size (pixels) on a matching row are filled in.
     """
-    _check_id(ls_task_id, "ls_task_id")
+    check_id(ls_task_id, "ls_task_id")
     if not isinstance(image_uri, str):
         raise ValueError(f"image_uri must be a string, got {type(image_uri).__name__}")
     task = get_live_task(session, project, ls_task_id)
@@ -180,12 +180,14 @@ def _finite_number(value) -> bool:
         return False
 
 
-def _check_id(value, name: str, optional: bool = False):
-    """ValueError unless ``value`` is an integer id (not a bool) in 0..2**63-1 (or None when optional)."""
+def check_id(value, name: str, optional: bool = False) -> None:
+    """ValueError naming ``name`` unless ``value`` is a Label Studio id: an integer (not a bool)
+    in 0..2**63-1 (or None when optional)."""
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer id, got {type(value).__name__}")
+        kind = "null" if value is None else type(value).__name__
+        raise ValueError(f"{name} must be an integer id, got {kind}")
     if not 0 <= value <= _ID_MAX:
         raise ValueError(f"{name} must be an integer id in 0..2**63-1, got {value}")
 
@@ -332,7 +334,7 @@ def add_annotation_revision(
         raise ValueError("result must be a list of region objects; an entry is not an object")
     for name, value in (("ls_annotation_id", ls_annotation_id), ("completed_by", completed_by),
                         ("updated_by", updated_by), ("parent_prediction", parent_prediction)):
-        _check_id(value, name, optional=name != "ls_annotation_id")
+        check_id(value, name, optional=name != "ls_annotation_id")
     if lead_time is not None and not _finite_number(lead_time):
         raise ValueError(f"lead_time must be a finite number of seconds, got {str(lead_time)[:40]}")
     result_json = None if result is None else [dict(r) for r in result]

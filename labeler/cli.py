@@ -366,10 +366,6 @@ def prelabel(
     from labeler.prelabeling import prelabel_project
 
     ws = Workspace(label_studio_url, api_key, project, database_url)
-    if source not in SOURCES:
-        raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
-    if SOURCES[source].needs_segmenter and segmenter is None:
-        raise ValueError(f"--source {source} needs --segmenter (a U-Net from `labeler train-segmenter`)")
     settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold)
     report = prelabel_project(ws, model, settings, batch_size, document_root, segmenter_path=segmenter)
     for line in report.failed:

@@ -56,12 +56,11 @@ def prelabel_project(
     """Pre-label every task of ``ws``'s project that lacks a prediction of this model version, with
     the source ``settings.source`` (the segmenter and fusion sources need ``segmenter_path``)."""
     project_id = ws.require_project()
+    needs_segmenter = source_named(settings.source).needs_segmenter
+    if needs_segmenter and segmenter_path is None:
+        raise ValueError(f"--source {settings.source} needs --segmenter (a U-Net from `labeler train-segmenter`)")
     loaded = load_classifier(model_path)
-    segmenter = None
-    if source_named(settings.source).needs_segmenter:
-        if segmenter_path is None:
-            raise ValueError(f"the {settings.source} source needs a segmenter (--segmenter)")
-        segmenter = Segmenter(load_segmenter(segmenter_path), batch_size)
+    segmenter = Segmenter(load_segmenter(segmenter_path), batch_size) if needs_segmenter else None
     prelabeler = Prelabeler(loaded.model, loaded.spec, settings, batch_size, segmenter)
     project = ws.client.projects.get(id=project_id)
     plan = plan_for(project.label_config, prelabeler.label_names, label_map)
