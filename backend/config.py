@@ -54,6 +54,7 @@ class Settings:
     cam_threshold: str = "fraction:0.2"
     cam_min_area: float = 0.001
     cam_max_vertices: int = 64
+    min_probability: float = 0.0  # regions only for a class at least this probable (0: always)
     batch_size: int = 16
     # Label Studio gives up on /predict after ML_TIMEOUT_PREDICT (100 s by default): one request
     # must finish well within that, so bulk pre-labelling belongs to `labeler prelabel`.
@@ -101,6 +102,7 @@ class Settings:
             cam_threshold=env.get("CAM_THRESHOLD", cls.cam_threshold),
             cam_min_area=_number(env, "CAM_MIN_AREA", cls.cam_min_area, float),
             cam_max_vertices=_number(env, "CAM_MAX_VERTICES", cls.cam_max_vertices, int),
+            min_probability=_probability(env, "MIN_PROBABILITY", cls.min_probability),
             batch_size=_number(env, "BATCH_SIZE", cls.batch_size, int),
             max_tasks_per_request=_number(env, "MAX_TASKS_PER_REQUEST", cls.max_tasks_per_request, int),
             max_request_bytes=_number(env, "MAX_REQUEST_BYTES", cls.max_request_bytes, int),
@@ -144,6 +146,19 @@ def _flag(env, name, default: bool) -> bool:
     if value not in ("1", "true", "yes", "0", "false", "no"):
         raise ValueError(f"{name} must be 1/true/yes or 0/false/no, got {env[name]!r}")
     return value in ("1", "true", "yes")
+
+
+def _probability(env, name, default: float) -> float:
+    """A probability in [0, 1) (0 allowed, unlike _number's positive values)."""
+    if name not in env or env[name] == "":
+        return default
+    try:
+        value = float(env[name])
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {env[name]!r}") from None
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {env[name]!r}")
+    return value
 
 
 def _number(env, name, default, kind):

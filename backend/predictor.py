@@ -30,6 +30,7 @@ def prelabel_settings(settings: Settings, source: str = "gradcam") -> PrelabelSe
         max_vertices=settings.cam_max_vertices,
         source=source,
         precision="mixed_float16" if settings.mixed_precision else "float32",
+        min_probability=settings.min_probability,
         option_names=("CAM_THRESHOLD", "SEGMENTER_THRESHOLD"),
     )
 

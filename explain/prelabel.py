@@ -55,20 +55,25 @@ class PrelabelSettings:
     regions: RegionSettings = field(default_factory=RegionSettings)
     source: str = "gradcam"
     precision: str = "float32"  # "mixed_float16": the classifier computes in float16 (backend MIXED_PRECISION)
+    min_probability: float = 0.0  # a class (or segmenter label) less probable than this gets no regions
 
     def __post_init__(self):
         source_named(self.source)
+        p = self.min_probability
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"min_probability must be a probability in [0, 1), got {p!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def describe(self, layer_name: str | None = None, segmenter_version: str | None = None) -> str:
         """Short id such as ``gradcam@mixed10-logit-predicted-fraction0.2-min0.001-fill-v64``;
         ``segmenter:<id>-value0.5-...`` or ``fusion:<id>+gradcam@...`` for the other sources;
-        ``-fp16`` at the end in mixed precision."""
+        ``-p0.5`` when regions need a minimum probability, ``-fp16`` at the end in mixed precision."""
         layer = layer_name or self.layer or "auto"
         cam = f"{self.method}@{layer}-{self.score}-{self.target.describe()}"
+        gate = f"-p{self.min_probability:g}" if self.min_probability else ""
         fp16 = "-fp16" if self.precision == "mixed_float16" else ""
-        return source_named(self.source).describe(cam, self.regions.describe(), segmenter_version) + fp16
+        return source_named(self.source).describe(cam, self.regions.describe(), segmenter_version) + gate + fp16
 
 
 def prelabel_settings(
@@ -82,6 +87,7 @@ def prelabel_settings(
     max_vertices: int = 64,
     source: str = "gradcam",
     precision: str = "float32",
+    min_probability: float = 0.0,
     option_names: tuple[str, str] = ("--threshold", "--segmenter-threshold"),
 ) -> PrelabelSettings:
     """The one settings factory of both faces (the backend passes its variable names as
@@ -101,6 +107,7 @@ def prelabel_settings(
         regions=RegionSettings(threshold, min_area=min_area, max_vertices=max_vertices),
         source=source,
         precision=precision,
+        min_probability=min_probability,
     )
 
 
@@ -226,10 +233,14 @@ class Prelabeler:
                 class_name=name,
                 probability=probability,
                 heatmap=heatmap,
-                regions=extract_regions(resize_heatmap(heatmap, width, height), self.settings.regions, roi),
+                regions=self._regions(heatmap, width, height, roi) if probability >= self.settings.min_probability else [],
             )
             for name, probability, heatmap in self._maps(output)
         )
         names = self.spec.class_names
         probabilities = {name: float(p) for name, p in zip(names, output.explanation.probabilities)}
         return Prelabel(width=width, height=height, probabilities=probabilities, classes=classes)
+
+    def _regions(self, heatmap, width: int, height: int, roi) -> list[Region]:
+        """One map's regions in the original image's frame."""
+        return extract_regions(resize_heatmap(heatmap, width, height), self.settings.regions, roi)

@@ -63,12 +63,15 @@ app = typer.Typer(
 )
 
 
-def prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source="gradcam", segmenter_threshold="value:0.5"):
+def prelabel_settings(
+    method, layer, target, threshold, min_area, max_vertices, source="gradcam", segmenter_threshold="value:0.5",
+    min_probability=0.0,
+):
     from explain.prelabel import prelabel_settings as settings
 
     return settings(
         method=method, layer=layer, target=target, cam_threshold=threshold, segmenter_threshold=segmenter_threshold,
-        min_area=min_area, max_vertices=max_vertices, source=source,
+        min_area=min_area, max_vertices=max_vertices, source=source, min_probability=min_probability,
     )
 
 
@@ -88,6 +91,9 @@ TargetOption = Annotated[str, typer.Option("--target", help="'predicted', a clas
 ThresholdOption = Annotated[str, typer.Option("--threshold", help="fraction:F (of the max), percentile:P or otsu.")]
 MinArea = Annotated[float, typer.Option(help="Smallest region, as a fraction of the image area.")]
 MaxVertices = Annotated[int, typer.Option(help="Polygon vertex budget.")]
+MinProbability = Annotated[
+    float, typer.Option(min=0.0, max=0.999, help="No regions for a class less probable than this (0: always draw).")
+]
 DocumentRoot = Annotated[
     Optional[Path],
     typer.Option("--document-root", envvar="LOCAL_FILES_DOCUMENT_ROOT", help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT."),
@@ -105,6 +111,7 @@ def explain(
     threshold: ThresholdOption = "fraction:0.2",
     min_area: MinArea = 0.001,
     max_vertices: MaxVertices = 64,
+    min_probability: MinProbability = 0.0,
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, magma, viridis, hot or bone.")] = "jet",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
 ):
@@ -112,7 +119,7 @@ def explain(
     from explain.overlay import COLORMAPS
     from labeler.explaining import explain_files
 
-    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices)
+    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, min_probability=min_probability)
     if colormap not in COLORMAPS:
         raise ValueError(f"--colormap must be one of {sorted(COLORMAPS)}, got {colormap!r}")
     outcomes = explain_files(images, model, out, settings, colormap=colormap, batch_size=batch_size)
@@ -290,7 +297,12 @@ def init(
     model: Annotated[Path, typer.Option(help="The classifier whose spec names the classes.")],
     title: Annotated[str, typer.Option(help="Project title.")] = "Chest X-ray lesions",
     backend_url: Annotated[Optional[str], typer.Option(help="The ML backend to connect, e.g. http://127.0.0.1:9090.")] = None,
-    region_label: Annotated[Optional[list[str]], typer.Option(help="Region label (repeat); default: every non-normal class.")] = None,
+    region_label: Annotated[
+        Optional[list[str]], typer.Option(help="Region label (repeat); default: Opacity, which every non-normal class fills.")
+    ] = None,
+    region_kind: Annotated[
+        Optional[list[str]], typer.Option(help="brush and / or polygon (repeat); default: brush, one region per area.")
+    ] = None,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
     project: ProjectId = None,
@@ -299,7 +311,7 @@ def init(
     from labeler.project import init_project
 
     ws = Workspace(label_studio_url, api_key, project)
-    project_id = init_project(ws, model, title, backend_url, region_label or None)
+    project_id = init_project(ws, model, title, backend_url, region_label or None, region_kind or None)
     console.print(f"project {project_id} ready" + (f", backend {backend_url} connected" if backend_url else ""))
     console.print(f"LABEL_STUDIO_PROJECT={project_id}")
 
@@ -353,6 +365,7 @@ def prelabel(
     threshold: ThresholdOption = "fraction:0.2",
     min_area: MinArea = 0.001,
     max_vertices: MaxVertices = 64,
+    min_probability: MinProbability = 0.0,
     source: SourceOption = "gradcam",
     segmenter: SegmenterOption = None,
     segmenter_threshold: SegmenterThreshold = "value:0.5",
@@ -366,7 +379,9 @@ def prelabel(
     from labeler.prelabeling import prelabel_project
 
     ws = Workspace(label_studio_url, api_key, project, database_url)
-    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold)
+    settings = prelabel_settings(
+        method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold, min_probability
+    )
     report = prelabel_project(ws, model, settings, batch_size, document_root, segmenter_path=segmenter)
     for line in report.failed:
         errors.print(f"error: {line}", markup=False, highlight=False)

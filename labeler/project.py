@@ -20,10 +20,14 @@ from labeler.workspace import Workspace
 from models.spec import load_spec
 
 
-def init_project(ws: Workspace, model_path: Path, title: str, backend_url: str | None, region_labels=None) -> int:
+def init_project(
+    ws: Workspace, model_path: Path, title: str, backend_url: str | None, region_labels=None, region_kinds=None
+) -> int:
     """Create (or, with ``ws.project_id``, update) the project whose config comes from the model
-    spec; connect the backend and check that its webhook is registered. Returns the project id."""
-    config = labeling_config(load_spec(model_path).class_names, region_labels)
+    spec (``labeling_config``'s defaults where ``region_labels`` / ``region_kinds`` are None);
+    connect the backend and check that its webhook is registered. Returns the project id."""
+    options = {"region_labels": region_labels, "region_kinds": region_kinds}
+    config = labeling_config(load_spec(model_path).class_names, **{k: v for k, v in options.items() if v})
     if ws.project_id is None:
         project_id = ws.client.projects.create(title=title, label_config=config).id
     else:

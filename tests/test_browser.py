@@ -82,10 +82,9 @@ def log_in(driver, url: str, username: str, password: str):
 
 
 def open_task(driver, url: str, project_id: int, task_id: int):
-    """Open the task in the labelling view; waits until the regions panel lists a brush and a polygon."""
+    """Open the task in the labelling view; waits until the regions panel lists its brush pre-label."""
     driver.get(f"{url}/projects/{project_id}/data?task={task_id}")
-    wait(driver, lambda d: all(outliner_nodes(d, kind) for kind in KINDS),
-         f"task {task_id}: the regions panel never listed a brush and a polygon pre-label")
+    wait(driver, lambda d: outliner_nodes(d, "brush"), f"task {task_id}: the regions panel never listed a brush pre-label")
 
 
 def outliner_nodes(driver, kind: str) -> list:
@@ -145,45 +144,39 @@ def screenshot(driver, name: str) -> Path:
     return path
 
 
-def pre_labelled_task(ls: LabelStudio, project_id: int) -> tuple[int, dict[str, list[dict]]]:
-    """A task not annotated yet whose prediction has one brush mask and one polygon: its id and
-    those results by kind."""
+def pre_labelled_task(ls: LabelStudio, project_id: int) -> tuple[int, list[dict]]:
+    """A task not annotated yet whose prediction has exactly one brush mask (the default config
+    outlines with the brush only): its id and that result."""
     annotated = {task.id for task in ls.tasks.list(project=project_id) if task.total_annotations}
     for prediction in sorted(ls.predictions.list(project=project_id), key=lambda p: p.task):
-        regions = {kind: [r for r in prediction.result if r["type"] == type_] for kind, type_ in KINDS.items()}
-        if prediction.task not in annotated and [len(found) for found in regions.values()] == [1, 1]:
-            return prediction.task, regions
-    pytest.fail(f"no task of project {project_id} is pre-labelled with one brush mask and one polygon")
+        kinds = sorted(r["type"] for r in prediction.result)
+        if prediction.task not in annotated and kinds == ["brushlabels", "choices"]:
+            return prediction.task, [r for r in prediction.result if r["type"] == "brushlabels"]
+    pytest.fail(f"no task of project {project_id} is pre-labelled with exactly one brush mask")
 
 
 def test_annotator_sees_pre_labels_corrects_one_and_the_revision_is_stored(browser, demo_run):
     demo, studio = demo_run.demo, demo_run.demo.studio
-    task_id, regions = pre_labelled_task(LabelStudio(base_url=studio.url, api_key=studio.token), demo.project_id)
+    task_id, brush = pre_labelled_task(LabelStudio(base_url=studio.url, api_key=studio.token), demo.project_id)
 
     log_in(browser, studio.url, studio.username, studio.password)
     open_task(browser, studio.url, demo.project_id, task_id)
-    assert [len(outliner_nodes(browser, kind)) for kind in KINDS] == [1, 1]
-    wait(browser, lambda d: drawn_in_place(d, regions["brush"] + regions["polygon"]),
-         "the pre-labels are listed but not drawn over the image where the prediction puts them")
+    assert [len(outliner_nodes(browser, kind)) for kind in KINDS] == [1, 0]  # one region kind per area
+    wait(browser, lambda d: drawn_in_place(d, brush),
+         "the pre-label is listed but not drawn over the image where the prediction puts it")
     screenshot(browser, "annotator-view")
 
-    # each pre-label alone: hide both, then show one at a time
-    for kind in KINDS:
-        toggle_visibility(browser, kind)
-    wait(browser, lambda d: not coloured(d).any(), "hiding both pre-labels left colour over the X-ray")
-    for kind in KINDS:
-        toggle_visibility(browser, kind)
-        wait(browser, lambda d: drawn_in_place(d, regions[kind]), f"the {kind} pre-label is not drawn in its place")
-        toggle_visibility(browser, kind)
-        wait(browser, lambda d: not coloured(d).any(), f"the {kind} pre-label did not hide")
-    for kind in KINDS:
-        toggle_visibility(browser, kind)
+    toggle_visibility(browser, "brush")
+    wait(browser, lambda d: not coloured(d).any(), "hiding the pre-label left colour over the X-ray")
+    toggle_visibility(browser, "brush")
+    wait(browser, lambda d: drawn_in_place(d, brush), "the pre-label is not drawn in its place again")
 
-    # the correction: delete the polygon, keep the brush mask, submit
-    outliner_nodes(browser, "polygon")[0].find_element(By.CSS_SELECTOR, ".lsf-outliner-item").click()
+    # the correction: a wrong region costs one deletion; the diagnosis the backend chose stays
+    outliner_nodes(browser, "brush")[0].find_element(By.CSS_SELECTOR, ".lsf-outliner-item").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "button[aria-label='Delete selected region']"),
-         "selecting the polygon offered no delete button")[0].click()
-    wait(browser, lambda d: not outliner_nodes(d, "polygon"), "the polygon was not deleted")
+         "selecting the brush region offered no delete button")[0].click()
+    wait(browser, lambda d: not outliner_nodes(d, "brush"), "the brush region was not deleted")
+    wait(browser, lambda d: not coloured(d).any(), "the deleted region is still drawn")
     browser.find_element(By.CSS_SELECTOR, "button[aria-label='Submit current annotation']").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='bottombar-update-button']"),
          "after Submit the view never showed the saved annotation (its Update button)")
@@ -204,7 +197,5 @@ def test_annotator_sees_pre_labels_corrects_one_and_the_revision_is_stored(brows
         engine.dispose()
     assert [row.action for row in rows] == ["created"]
     result = rows[0].result
-    assert sorted(r["type"] for r in result) == ["brushlabels", "choices"]  # the polygon is gone
-    (brush,) = (r for r in result if r["type"] == "brushlabels")
-    assert brush["value"]["rle"] == regions["brush"][0]["value"]["rle"]  # the brush mask as predicted
+    assert [r["type"] for r in result] == ["choices"]  # the region is gone, the diagnosis kept
     assert rows[0].completed_by is not None

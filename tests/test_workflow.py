@@ -99,7 +99,8 @@ def test_the_whole_workflow(setup, ls, label_studio):
     project = int(output.split("LABEL_STUDIO_PROJECT=")[1].split()[0])
     env["LABEL_STUDIO_PROJECT"] = str(project)
     config = ls.projects.get(id=project).label_config
-    assert 'BrushLabels name="mask"' in config and '<Label value="pneumonia"/>' in config and '<Label value="normal"/>' not in config
+    assert '<BrushLabels name="mask" toName="image"><Label value="Opacity"/></BrushLabels>' in config
+    assert "PolygonLabels" not in config and '<Choice value="pneumonia"/>' in config
     assert len([m for m in ls.ml.list(project=project) if m.url == setup["backend"]]) == 1
     assert len([h for h in ls.webhooks.list(project=project) if h.url == f"{setup['backend']}/webhook"]) == 1
     labeler(env, "init", "--model", setup["model"], "--backend-url", setup["backend"], "--project", project)
@@ -138,7 +139,7 @@ def test_the_whole_workflow(setup, ls, label_studio):
             y, x = rng.integers(5, 50, 2)
             mask[y : y + 30, x : x + 25] = True
             choice = CLASSES[int(rng.integers(3))]
-            result = [brush_result(mask, "pneumonia", "mask", "image"), choices_result([choice], "diagnosis", "image")]
+            result = [brush_result(mask, "Opacity", "mask", "image"), choices_result([choice], "diagnosis", "image")]
             extra = {"completed_by": annotator} if annotator else {}
             created = ls.annotations.create(id=task.id, result=result, lead_time=5.0, **extra)
             truth[(task.id, annotator or "admin")] = (mask, choice, created.id)
@@ -147,7 +148,7 @@ def test_the_whole_workflow(setup, ls, label_studio):
     first_task = chosen[0].id
     mask, choice, annotation_id = truth[(first_task, "admin")]
     moved = np.roll(mask, 7, axis=1)
-    ls.annotations.update(id=annotation_id, result=[brush_result(moved, "pneumonia", "mask", "image"), choices_result([choice], "diagnosis", "image")])
+    ls.annotations.update(id=annotation_id, result=[brush_result(moved, "Opacity", "mask", "image"), choices_result([choice], "diagnosis", "image")])
     truth[(first_task, "admin")] = (moved, choice, annotation_id)
     doomed = ls.annotations.create(id=chosen[2].id, result=[choices_result(["covid"], "diagnosis", "image")])
     ls.annotations.delete(id=doomed.id)
@@ -164,7 +165,7 @@ def test_the_whole_workflow(setup, ls, label_studio):
 
     export = folder / "export"
     labeler(env, "export", export, "--annotators", "latest", "--document-root", label_studio.document_root)
-    index = json.loads((export / "labels.json").read_text())["labels"].index("pneumonia") + 1
+    index = json.loads((export / "labels.json").read_text())["labels"].index("Opacity") + 1
     rows = {int(r["task_id"]): r for r in csv.DictReader(open(export / "manifest.csv"))}
     assert set(rows) == {t.id for t in chosen}
     for task in chosen:
@@ -185,7 +186,7 @@ def test_the_whole_workflow(setup, ls, label_studio):
         final = truth[key][0]
         predicted = np.zeros_like(final)
         for region in predictions[task_id][0].result:
-            if region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["pneumonia"]:
+            if region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Opacity"]:
                 predicted |= decode_rle(region["value"]["rle"]).reshape(96, 96, 4)[:, :, 3] > 0
         dice = 2 * (predicted & final).sum() / (predicted.sum() + final.sum())
         assert float(row["dice"]) == pytest.approx(dice, abs=1e-6)

@@ -14,20 +14,30 @@ REGION_TAGS = {"BrushLabels": "brush", "PolygonLabels": "polygon", "RectangleLab
 NEGATIVE_CLASSES = {"normal", "clear", "healthy", "negative", "no finding", "no_finding"}
 
 
-def labeling_config(class_names, region_labels=None) -> str:
-    """A labelling config for a classifier: the class as Choices, the regions as BrushLabels and
-    PolygonLabels. ``region_labels`` default to every class not in ``NEGATIVE_CLASSES``."""
-    if region_labels is None:
-        region_labels = [c for c in class_names if c.lower() not in NEGATIVE_CLASSES]
+DEFAULT_REGION_LABEL = "Opacity"  # what an annotator outlines; the diagnoses stay the Choices
+REGION_KINDS = {"brush": ("BrushLabels", "mask"), "polygon": ("PolygonLabels", "outline")}  # kind -> (tag, control name)
+
+
+def labeling_config(class_names, region_labels=(DEFAULT_REGION_LABEL,), region_kinds=("brush",)) -> str:
+    """A labelling config for a classifier: the classes as Choices, the regions under
+    ``region_labels`` (default one lesion label, "Opacity", which every class not in
+    ``NEGATIVE_CLASSES`` maps to) as one control per kind of ``region_kinds`` ("brush" and / or
+    "polygon"; default brush only, so that a wrong region costs one deletion, not two)."""
+    region_labels = list(region_labels or ())
     if not region_labels:
-        raise ValueError(f"no region labels: every class of {list(class_names)} is a negative class")
+        raise ValueError("no region labels: give at least one")
+    kinds = list(dict.fromkeys(region_kinds or ()))
+    if not kinds or any(k not in REGION_KINDS for k in kinds):
+        raise ValueError(f"region kinds must be some of {', '.join(REGION_KINDS)}, got {', '.join(map(str, kinds)) or 'none'}")
     choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in class_names)
     labels = "".join(f"<Label value={quoteattr(label)}/>" for label in region_labels)
+    controls = "".join(
+        f'  <{tag} name="{name}" toName="image">{labels}</{tag}>\n' for tag, name in (REGION_KINDS[k] for k in kinds)
+    )
     return (
         '<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
         f'  <Choices name="diagnosis" toName="image" choice="single" showInline="true">{choices}</Choices>\n'
-        f'  <BrushLabels name="mask" toName="image">{labels}</BrushLabels>\n'
-        f'  <PolygonLabels name="outline" toName="image">{labels}</PolygonLabels>\n</View>'
+        f"{controls}</View>"
     )
 
 
