@@ -72,6 +72,16 @@ def prelabel_settings(method, layer, target, threshold, min_area, max_vertices, 
     )
 
 
+def prior_settings(margin: float):
+    """The anatomy prior's settings (ValueError naming --roi-margin when it is out of range)."""
+    from explain.anatomy import PriorSettings
+
+    try:
+        return PriorSettings(margin=margin)
+    except ValueError as exc:
+        raise ValueError(f"--roi-margin: {exc}") from None
+
+
 METHOD_NAMES = ("gradcam", "guided", "gradcam++", "hirescam", "layercam")  # explain.methods.METHODS (a test keeps them equal)
 Method = Annotated[str, typer.Option(help=f"CAM method: {', '.join(METHOD_NAMES)}.")]
 SourceOption = Annotated[
@@ -83,6 +93,12 @@ SegmenterOption = Annotated[
 SegmenterThreshold = Annotated[
     str, typer.Option("--segmenter-threshold", help="Where segmenter / fusion maps are cut: value:P, fraction:F, percentile:P or otsu.")
 ]
+RoiModelOption = Annotated[
+    Optional[Path],
+    typer.Option("--roi-model", help="Anatomy prior: a lung segmenter from train-segmenter; regions stay inside its lungs."),
+]
+RoiMargin = Annotated[float, typer.Option("--roi-margin", help="The lungs' dilation, as a fraction of the image's shorter side.")]
+NO_PRIOR_NOTE = "note: no anatomy prior (--roi-model): regions may land outside the lungs"
 Layer = Annotated[Optional[str], typer.Option(help="Target layer (default: the spec's, else the last 4-D layer).")]
 TargetOption = Annotated[str, typer.Option("--target", help="'predicted', a class name, or 'above:P' for every class with probability >= P.")]
 ThresholdOption = Annotated[str, typer.Option("--threshold", help="fraction:F (of the max), percentile:P or otsu.")]
@@ -107,15 +123,20 @@ def explain(
     max_vertices: MaxVertices = 64,
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, magma, viridis, hot or bone.")] = "jet",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
+    roi_model: RoiModelOption = None,
+    roi_margin: RoiMargin = 0.03,
 ):
     """Heatmaps, masks and Label Studio pre-labels for images: the reference article's picture."""
     from explain.overlay import COLORMAPS
     from labeler.explaining import explain_files
 
     settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices)
+    prior = prior_settings(roi_margin)
     if colormap not in COLORMAPS:
         raise ValueError(f"--colormap must be one of {sorted(COLORMAPS)}, got {colormap!r}")
-    outcomes = explain_files(images, model, out, settings, colormap=colormap, batch_size=batch_size)
+    outcomes = explain_files(
+        images, model, out, settings, colormap=colormap, batch_size=batch_size, roi_model_path=roi_model, prior=prior
+    )
     table = Table("image", "predicted", "probabilities", "regions")
     failed = 0
     for outcome in outcomes:
@@ -356,6 +377,8 @@ def prelabel(
     source: SourceOption = "gradcam",
     segmenter: SegmenterOption = None,
     segmenter_threshold: SegmenterThreshold = "value:0.5",
+    roi_model: RoiModelOption = None,
+    roi_margin: RoiMargin = 0.03,
     document_root: DocumentRoot = None,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
@@ -367,7 +390,12 @@ def prelabel(
 
     ws = Workspace(label_studio_url, api_key, project, database_url)
     settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold)
-    report = prelabel_project(ws, model, settings, batch_size, document_root, segmenter_path=segmenter)
+    prior = prior_settings(roi_margin)
+    if roi_model is None:
+        errors.print(NO_PRIOR_NOTE, markup=False, highlight=False)
+    report = prelabel_project(
+        ws, model, settings, batch_size, document_root, segmenter_path=segmenter, roi_model_path=roi_model, prior=prior
+    )
     for line in report.failed:
         errors.print(f"error: {line}", markup=False, highlight=False)
     console.print(
