@@ -237,7 +237,7 @@ def train_classifier(
 
 @app.command("train-segmenter")
 def train_segmenter(
-    export_dir: Annotated[Path, typer.Argument(help="A `labeler export --format png` folder.")],
+    export_dir: Annotated[Path, typer.Argument(help="A `labeler export --format png` folder, or a folder of image / mask pairs: images/<name>.png|jpg and masks/<name>.png (0/255 or 0/1).")],
     out: Annotated[Path, typer.Option(help="Where to save the U-Net (.keras or .h5); the spec goes beside it.")],
     size: Annotated[int, typer.Option(min=16, help="Square input size in pixels (a multiple of 8).")] = 128,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
@@ -247,8 +247,13 @@ def train_segmenter(
     max_tasks: Annotated[Optional[int], typer.Option(help="Train on a seeded subset of this many train tasks.")] = None,
     augment: Annotated[bool, typer.Option(help="The same random rotation, zoom and shift for image and mask.")] = True,
     seed: Annotated[int, typer.Option()] = 0,
+    label: Annotated[str, typer.Option(help="The label of a pairs folder's masks (an export names its own).")] = "Lungs",
+    val_fraction: Annotated[
+        Optional[float], typer.Option(help="Images held out (seeded) to validate: default 0.2 of a pairs folder, 0.15 of an export without a val split.")
+    ] = None,
 ):
-    """Train a U-Net on the corrected masks of an export's train split (its val split validates)."""
+    """Train a U-Net on the corrected masks of an export's train split (its val split validates), or
+    on a folder of image / mask pairs, e.g. lung masks for the anatomy prior (--roi-model)."""
     from labeler.segmenting import train_on_export
 
     try:
@@ -258,6 +263,7 @@ def train_segmenter(
     result = train_on_export(
         export_dir, out, size=size, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         filters=levels, seed=seed, augment=augment, max_tasks=max_tasks, verbose=1 if sys.stdout.isatty() else 2,
+        label=label, val_fraction=val_fraction,
     )
     report = result.report
     val = "n/a" if report.val_dice is None else f"{report.val_dice:.3f}"
