@@ -300,7 +300,7 @@ def evaluate_segmenter(
 
 @app.command("demo-data")
 def demo_data(
-    out: Annotated[Path, typer.Argument(help="Folder to write OUT/images/<class>/*.png and OUT/masks/*.png into.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write OUT/images/<class>/*.png, OUT/masks/*.png (lesions) and OUT/lungs/*.png into.")],
     per_class: Annotated[int, typer.Option(min=1)] = 60,
     size: Annotated[int, typer.Option(min=32)] = 128,
     seed: Annotated[int, typer.Option()] = 0,
