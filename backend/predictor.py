@@ -53,6 +53,8 @@ def check_roi_model(settings: Settings):
     prior_settings(settings)
     if settings.roi_model_path is None:
         return
+    if not settings.roi_model_path.exists():
+        raise ValueError(f"ROI_MODEL_PATH: {settings.roi_model_path.name}: no such model file or folder")
     try:
         kind = load_spec(settings.roi_model_path).kind
     except (ValueError, OSError) as exc:

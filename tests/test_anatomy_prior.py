@@ -216,7 +216,7 @@ def test_a_roi_model_that_is_no_segmenter_stops_the_backend_with_one_line(tmp_pa
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ROI_MODEL_PATH: cnn.keras is a classifier, not a segmenter")
     assert str(model_path.parent) not in line
-    with pytest.raises(ValueError, match="ROI_MODEL_PATH: missing.keras: no model spec found"):
+    with pytest.raises(ValueError, match="ROI_MODEL_PATH: missing.keras: no such model file or folder"):
         create_app(Settings(model_path=model_path, database_url=f"sqlite:///{tmp_path / 'c.db'}", roi_model_path=tmp_path / "missing.keras"))
     with pytest.raises(ValueError, match=r"^ROI_MARGIN: margin must be a fraction in \[0, 0.5\]"):
         create_app(Settings.from_env({"MODEL_PATH": str(model_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}", "ROI_MARGIN": "0.9"}))
