@@ -286,3 +286,17 @@ def test_train_segmenter_refuses_a_folder_of_neither_form_or_with_images_lacking
     result = invoke("train-segmenter", pairs, "--out", tmp_path / "m.keras")
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: ") and "2 image(s) have no mask" in result.output
+
+
+def test_demo_data_writes_the_lungs_of_every_image(tmp_path):
+    from labeler.demo import lung_pairs as demo_pairs
+    from labeler.synthetic import write_dataset
+
+    write_dataset(tmp_path / "data", per_class=2, size=48, seed=1)
+    images = sorted(p.name for p in (tmp_path / "data" / "images").glob("*/*.png"))
+    assert sorted(p.name for p in (tmp_path / "data" / "lungs").glob("*.png")) == images and len(images) == 4
+    for name in images:
+        lungs = cv2.imread(str(tmp_path / "data" / "lungs" / name), cv2.IMREAD_GRAYSCALE)
+        assert set(np.unique(lungs)) == {0, 255} and 0.1 < (lungs > 0).mean() < 0.5
+    pairs = demo_pairs(tmp_path / "data", tmp_path / "pairs")
+    assert sorted(p.name for p in (pairs / "images").iterdir()) == sorted(p.name for p in (pairs / "masks").iterdir()) == images
