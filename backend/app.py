@@ -24,7 +24,7 @@ from backend.predict import (
     BadRequest, StorageUnavailable, parse_config, parse_project_id, predict_tasks, project_key, validate_tasks,
     webhook_project_key,
 )
-from backend.predictor import ModelUnavailable, Predictor, prelabel_settings
+from backend.predictor import NO_PRIOR, ModelUnavailable, Predictor, check_roi_model, prelabel_settings
 from backend.webhooks import handle_event
 from db import repository
 from db.identity import label_studio_identity
@@ -57,6 +57,7 @@ class Backend:
     def __init__(self, settings: Settings):
         for source in settings.sources:  # fail at start on a bad setting, not on the first task
             prelabel_settings(settings, source)
+        check_roi_model(settings)
         self.settings = settings
         self.sessions = session_factory(open_database(settings.database_url))
         self.predictor = Predictor(settings)
@@ -64,6 +65,8 @@ class Backend:
         self._plans: OrderedDict[tuple, object] = OrderedDict()  # the newest PLAN_CACHE configs
         self._auths: dict[tuple[str, str], LabelStudioAuth] = {}
         self.configured = label_studio_identity(settings.label_studio_url)
+        if settings.roi_model_path is None:
+            log.warning(NO_PRIOR)
         if not settings.label_studio_url and not settings.basic_auth_user:
             log.warning(
                 "LABEL_STUDIO_URL is not set and /setup is unauthenticated: /setup cannot choose where "
@@ -157,7 +160,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/health")
     @app.get("/")
     def health():
-        return jsonify(status="UP", model_class="GradCamPrelabeler", model_loaded=backend.predictor.ready)
+        return jsonify(
+            status="UP", model_class="GradCamPrelabeler", model_loaded=backend.predictor.ready,
+            anatomy_prior=backend.predictor.anatomy_prior(),
+        )
 
     @app.post("/setup")
     def setup():

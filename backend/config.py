@@ -76,6 +76,8 @@ class Settings:
     segmenter_threshold: str = "value:0.5"
     prelabel_source: str = "gradcam"
     project_sources: dict[int, str] = field(default_factory=dict)
+    roi_model_path: Path | None = None  # the anatomy prior's ROI model (a lung segmenter); None: no prior
+    roi_margin: float = 0.03  # explain.anatomy.PriorSettings.margin
 
     def source_for(self, project_id: int | None) -> str:
         """Where a project's regions come from: its PROJECT_PRELABEL_SOURCES entry, else PRELABEL_SOURCE."""
@@ -93,6 +95,7 @@ class Settings:
             raise ValueError("MODEL_PATH is not set: point it at a .keras/.h5 model or SavedModel folder with its spec")
         root = env.get("LOCAL_FILES_DOCUMENT_ROOT")
         segmenter = env.get("SEGMENTER_PATH")
+        roi_model = env.get("ROI_MODEL_PATH")
         settings = cls(
             model_path=Path(env["MODEL_PATH"]),
             database_url=env.get("DATABASE_URL", cls.database_url),
@@ -122,6 +125,8 @@ class Settings:
             segmenter_threshold=env.get("SEGMENTER_THRESHOLD", cls.segmenter_threshold),
             prelabel_source=_source(env.get("PRELABEL_SOURCE", cls.prelabel_source), "PRELABEL_SOURCE"),
             project_sources=_project_sources(env.get("PROJECT_PRELABEL_SOURCES", "")),
+            roi_model_path=Path(roi_model) if roi_model else None,
+            roi_margin=_fraction(env, "ROI_MARGIN", cls.roi_margin),
         )
         if any(SOURCES[source].needs_segmenter for source in settings.sources) and settings.segmenter_path is None:
             raise ValueError("SEGMENTER_PATH is not set, but a project pre-labels from the segmenter")
@@ -148,14 +153,19 @@ def _flag(env, name, default: bool) -> bool:
     return value in ("1", "true", "yes")
 
 
-def _probability(env, name, default: float) -> float:
-    """A probability in [0, 1) (0 allowed, unlike _number's positive values)."""
-    if name not in env or env[name] == "":
+def _fraction(env, name, default: float) -> float:
+    """A number that may be 0 (``_number`` wants it positive); its range is checked where it is used."""
+    if not env.get(name, "").strip():
         return default
     try:
-        value = float(env[name])
+        return float(env[name])
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {env[name]!r}") from None
+        raise ValueError(f"{name} must be a float, got {env[name]!r}") from None
+
+
+def _probability(env, name, default: float) -> float:
+    """A probability in [0, 1)."""
+    value = _fraction(env, name, default)
     if not 0 <= value < 1:
         raise ValueError(f"{name} must be a probability in [0, 1), got {env[name]!r}")
     return value

@@ -1,5 +1,6 @@
-"""The classifier (and segmenter) and their pre-label pipelines, loaded once per process, lazily
-and thread-safely; one pipeline per pre-label source ("gradcam", "segmenter", "fusion")."""
+"""The classifier (and segmenter, and the anatomy prior's ROI model) and their pre-label pipelines,
+loaded once per process, lazily and thread-safely; one pipeline per pre-label source ("gradcam",
+"segmenter", "fusion"), all sharing the ROI model when ROI_MODEL_PATH is set."""
 from __future__ import annotations
 
 import logging
@@ -9,11 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.config import Settings
+from explain.anatomy import PriorSettings
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.prelabel import prelabel_settings as shared_prelabel_settings
 from explain.sources import source_named
 from models.loading import LoadedModel, load_classifier, load_segmenter, with_mixed_precision
 from models.segmentation import Segmenter
+from models.spec import load_spec
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,35 @@ def prelabel_settings(settings: Settings, source: str = "gradcam") -> PrelabelSe
         min_probability=settings.min_probability,
         option_names=("CAM_THRESHOLD", "SEGMENTER_THRESHOLD"),
     )
+
+
+NO_PRIOR = "no anatomy prior (ROI_MODEL_PATH unset): regions may land outside the lungs"
+
+
+def prior_settings(settings: Settings) -> PriorSettings:
+    """The anatomy prior's settings (ValueError naming ROI_MARGIN when it is out of range)."""
+    try:
+        return PriorSettings(margin=settings.roi_margin)
+    except ValueError as exc:
+        raise ValueError(f"ROI_MARGIN: {exc}") from None
+
+
+def check_roi_model(settings: Settings):
+    """At start: ROI_MODEL_PATH, when set, must be a segmenter (its spec says; the weights load later)."""
+    prior_settings(settings)
+    if settings.roi_model_path is None:
+        return
+    if not settings.roi_model_path.exists():
+        raise ValueError(f"ROI_MODEL_PATH: {settings.roi_model_path.name}: no such model file or folder")
+    try:
+        kind = load_spec(settings.roi_model_path).kind
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"ROI_MODEL_PATH: {exc}") from None
+    if kind != "segmenter":
+        raise ValueError(
+            f"ROI_MODEL_PATH: {settings.roi_model_path.name} is a {kind}, not a segmenter "
+            "(train one on lung masks with `labeler train-segmenter`)"
+        )
 
 
 @dataclass(frozen=True)
@@ -109,16 +141,33 @@ class Predictor:
             segmenter = self._model(
                 "segmenter", lambda: Segmenter(load_segmenter(self.settings.segmenter_path), self.settings.batch_size)
             )
+        roi_model = None
+        if self.settings.roi_model_path is not None:
+            roi_model = self._model(
+                "roi", lambda: Segmenter(load_segmenter(self.settings.roi_model_path), self.settings.batch_size)
+            )
         prelabeler = Prelabeler(
-            model, loaded.spec, prelabel_settings(self.settings, source), self.settings.batch_size, segmenter
+            model, loaded.spec, prelabel_settings(self.settings, source), self.settings.batch_size, segmenter,
+            roi_model, prior_settings(self.settings),
         )
         height, width = loaded.spec.input_size
         prelabeler([np.zeros((height, width, 3), np.float32)])  # trace the compiled graph now, not on a task
         pipeline = Pipeline(loaded, prelabeler)
         device = f"GPU ({len(devices)})" if devices else "CPU"
         precision = "mixed float16" if self.settings.mixed_precision else "float32"
-        log.info("model %s loaded on %s (%s), %s pre-labels: %s", loaded.path.name, device, precision, source, pipeline.version)
+        prior = f"anatomy prior: ROI model {roi_model.version} ({prior_settings(self.settings).describe()})" if roi_model else NO_PRIOR
+        log.info(
+            "model %s loaded on %s (%s), %s pre-labels: %s; %s", loaded.path.name, device, precision, source,
+            pipeline.version, prior,
+        )
         return pipeline
+
+    def anatomy_prior(self) -> dict:
+        """What /health says about the prior: active or not and why; the ROI model's weights id once loaded."""
+        if self.settings.roi_model_path is None:
+            return {"active": False, "reason": NO_PRIOR}
+        roi_model = self._models.get("roi")
+        return {"active": True, "model": roi_model.version if roi_model else None, "margin": self.settings.roi_margin}
 
     def warm_up_in_background(self):
         """Start loading every source in use now, in a daemon thread, so that no request waits for it."""

@@ -43,13 +43,14 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin, on every start
     from backend.config import Settings
-    from backend.predictor import prelabel_settings
+    from backend.predictor import check_roi_model, prelabel_settings
 
     from db.migrating import open_database
 
     try:
         settings = Settings.from_env()
         prelabel_settings(settings)
+        check_roi_model(settings)
         # Workers open the database after the fork; a bad one is one line here, not a traceback per worker.
         open_database(settings.database_url).dispose()
     except ValueError as exc:

@@ -7,6 +7,10 @@ The maps that become regions come from one of the sources registered in ``explai
 (``PrelabelSettings.source``): "gradcam" (the classifier's class maps), "segmenter" (a trained
 segmenter's per-label probabilities) or "fusion" (the segmenter's map confirmed by Grad-CAM). The
 classifier always gives the class probabilities.
+
+With an ROI model (a segmenter trained on lung masks, ``explain.anatomy``), regions are confined
+to its region of interest: the maps are thresholded with statistics taken inside it and cleared
+outside it.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
+from explain.anatomy import PriorSettings, roi_mask
 from explain.gradcam import Explanation, GradCam, Target
 from explain.regions import Region, RegionSettings, Threshold, extract_regions, resize_heatmap
 from explain.sources import source_named
@@ -114,10 +119,12 @@ def prelabel_settings(
 @dataclass(frozen=True)
 class ModelOutput:
     """What the models said about one image: the classifier's explanation and, with a segmenter,
-    its (h, w, labels) lesion probabilities at the segmenter's input size."""
+    its (h, w, labels) lesion probabilities at the segmenter's input size; with an ROI model, its
+    (h, w) map (the maximum over its channels) at its input size."""
 
     explanation: Explanation
     lesion_maps: np.ndarray | None = None
+    roi_map: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -155,11 +162,12 @@ def model_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
 
 class Prelabeler:
     """Pre-labels images with one classifier (and, for the "segmenter" and "fusion" sources, one
-    segmenter) and one set of settings; build once, call per batch."""
+    segmenter) and one set of settings; build once, call per batch. ``roi_model`` (a segmenter of
+    the lungs) confines the regions to its region of interest, made as ``prior`` says."""
 
     def __init__(
         self, model, spec: InputSpec, settings: PrelabelSettings = PrelabelSettings(), batch_size: int = 32,
-        segmenter: LesionMaps | None = None,
+        segmenter: LesionMaps | None = None, roi_model: LesionMaps | None = None, prior: PriorSettings = PriorSettings(),
     ):
         self.source = source_named(settings.source)
         if self.source.needs_segmenter != (segmenter is not None):
@@ -167,12 +175,15 @@ class Prelabeler:
         self.spec = spec
         self.settings = settings
         self.segmenter = segmenter
+        self.roi_model, self.prior = roi_model, prior
         self.cam = GradCam(model, settings.layer or spec.target_layer, settings.method, settings.score, batch_size)
 
     @property
     def description(self) -> str:
-        """The settings with the target layer actually used (and the segmenter's weights id)."""
-        return self.settings.describe(self.cam.layer_name, self.segmenter.version if self.segmenter else None)
+        """The settings with the target layer actually used (and the segmenter's weights id); with an
+        ROI model ``+roi:<its weights id>-<prior settings>`` at the end."""
+        text = self.settings.describe(self.cam.layer_name, self.segmenter.version if self.segmenter else None)
+        return f"{text}+roi:{self.roi_model.version}-{self.prior.describe()}" if self.roi_model else text
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -194,7 +205,10 @@ class Prelabeler:
     def recorded_settings(self) -> dict:
         """Every output-changing setting as JSON-able values, with the layer actually used."""
         segmenter = self.segmenter.version if self.segmenter else None
-        return {**asdict(self.settings), "layer": self.cam.layer_name, "segmenter": segmenter}
+        recorded = {**asdict(self.settings), "layer": self.cam.layer_name, "segmenter": segmenter}
+        if self.roi_model:  # only then: versions without a prior keep the settings they were recorded with
+            recorded.update(roi=self.roi_model.version, prior=asdict(self.prior))
+        return recorded
 
     def __call__(self, images: Sequence[np.ndarray], rois: Sequence[np.ndarray | None] | None = None) -> list[Prelabel]:
         """Pre-labels for images (each (H, W, 3) float in [0, 1], any size).
@@ -205,15 +219,17 @@ class Prelabeler:
 
     def explain(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
         """The model step: probabilities and low-resolution class maps, one compiled call per batch
-        (and the segmenter's maps, one call per batch)."""
+        (and the segmenter's and the ROI model's maps, one call each per batch)."""
         if not len(images):
             return []
         explanations = self.cam.explain(model_inputs(images, self.spec), self.settings.target, self.spec.class_names)
         lesion_maps = self.segmenter(images) if self.segmenter else [None] * len(images)
-        return [ModelOutput(e, m) for e, m in zip(explanations, lesion_maps)]
+        roi_maps = self.roi_model(images).max(axis=-1) if self.roi_model else [None] * len(images)
+        return [ModelOutput(e, m, r) for e, m, r in zip(explanations, lesion_maps, roi_maps)]
 
     def regions(self, images, outputs: list[ModelOutput], rois=None) -> list[Prelabel]:
-        """The post-processing step: each map resized to its ORIGINAL image and cut into regions."""
+        """The post-processing step: each map resized to its ORIGINAL image and cut into regions
+        (inside the ROI model's region of interest, AND-ed with the image's roi when both exist)."""
         rois = list(rois) if rois is not None else [None] * len(images)
         if len(rois) != len(images):
             raise ValueError(f"rois must have one entry per image ({len(images)}), got {len(rois)}")
@@ -228,6 +244,7 @@ class Prelabeler:
 
     def _prelabel(self, image, roi, output: ModelOutput) -> Prelabel:
         height, width = image.shape[:2]
+        roi = roi if output.roi_map is None else _and(roi, roi_mask(output.roi_map, width, height, self.prior))
         classes = tuple(
             ClassRegions(
                 class_name=name,
@@ -244,3 +261,12 @@ class Prelabeler:
     def _regions(self, heatmap, width: int, height: int, roi) -> list[Region]:
         """One map's regions in the original image's frame."""
         return extract_regions(resize_heatmap(heatmap, width, height), self.settings.regions, roi)
+
+
+def _and(roi: np.ndarray | None, prior: np.ndarray) -> np.ndarray:
+    """An explicit (H, W) roi (bool or uint8, nonzero inside) AND-ed with the prior's mask."""
+    if roi is None:
+        return prior
+    if np.shape(roi) != prior.shape:
+        raise ValueError(f"roi must have the image's shape {prior.shape}, got {np.shape(roi)}")
+    return (np.asarray(roi) != 0) & prior

@@ -75,6 +75,16 @@ def prelabel_settings(
     )
 
 
+def prior_settings(margin: float):
+    """The anatomy prior's settings (ValueError naming --roi-margin when it is out of range)."""
+    from explain.anatomy import PriorSettings
+
+    try:
+        return PriorSettings(margin=margin)
+    except ValueError as exc:
+        raise ValueError(f"--roi-margin: {exc}") from None
+
+
 METHOD_NAMES = ("gradcam", "guided", "gradcam++", "hirescam", "layercam")  # explain.methods.METHODS (a test keeps them equal)
 Method = Annotated[str, typer.Option(help=f"CAM method: {', '.join(METHOD_NAMES)}.")]
 SourceOption = Annotated[
@@ -86,6 +96,12 @@ SegmenterOption = Annotated[
 SegmenterThreshold = Annotated[
     str, typer.Option("--segmenter-threshold", help="Where segmenter / fusion maps are cut: value:P, fraction:F, percentile:P or otsu.")
 ]
+RoiModelOption = Annotated[
+    Optional[Path],
+    typer.Option("--roi-model", help="Anatomy prior: a lung segmenter from train-segmenter; regions stay inside its lungs."),
+]
+RoiMargin = Annotated[float, typer.Option("--roi-margin", help="The lungs' dilation, as a fraction of the image's shorter side.")]
+NO_PRIOR_NOTE = "note: no anatomy prior (--roi-model): regions may land outside the lungs"
 Layer = Annotated[Optional[str], typer.Option(help="Target layer (default: the spec's, else the last 4-D layer).")]
 TargetOption = Annotated[str, typer.Option("--target", help="'predicted', a class name, or 'above:P' for every class with probability >= P.")]
 ThresholdOption = Annotated[str, typer.Option("--threshold", help="fraction:F (of the max), percentile:P or otsu.")]
@@ -114,15 +130,20 @@ def explain(
     min_probability: MinProbability = 0.0,
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, magma, viridis, hot or bone.")] = "jet",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
+    roi_model: RoiModelOption = None,
+    roi_margin: RoiMargin = 0.03,
 ):
     """Heatmaps, masks and Label Studio pre-labels for images: the reference article's picture."""
     from explain.overlay import COLORMAPS
     from labeler.explaining import explain_files
 
     settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, min_probability=min_probability)
+    prior = prior_settings(roi_margin)
     if colormap not in COLORMAPS:
         raise ValueError(f"--colormap must be one of {sorted(COLORMAPS)}, got {colormap!r}")
-    outcomes = explain_files(images, model, out, settings, colormap=colormap, batch_size=batch_size)
+    outcomes = explain_files(
+        images, model, out, settings, colormap=colormap, batch_size=batch_size, roi_model_path=roi_model, prior=prior
+    )
     table = Table("image", "predicted", "probabilities", "regions")
     failed = 0
     for outcome in outcomes:
@@ -223,7 +244,7 @@ def train_classifier(
 
 @app.command("train-segmenter")
 def train_segmenter(
-    export_dir: Annotated[Path, typer.Argument(help="A `labeler export --format png` folder.")],
+    export_dir: Annotated[Path, typer.Argument(help="A `labeler export --format png` folder, or a folder of image / mask pairs: images/<name>.png|jpg and masks/<name>.png (0/255 or 0/1).")],
     out: Annotated[Path, typer.Option(help="Where to save the U-Net (.keras or .h5); the spec goes beside it.")],
     size: Annotated[int, typer.Option(min=16, help="Square input size in pixels (a multiple of 8).")] = 128,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
@@ -233,8 +254,13 @@ def train_segmenter(
     max_tasks: Annotated[Optional[int], typer.Option(help="Train on a seeded subset of this many train tasks.")] = None,
     augment: Annotated[bool, typer.Option(help="The same random rotation, zoom and shift for image and mask.")] = True,
     seed: Annotated[int, typer.Option()] = 0,
+    label: Annotated[str, typer.Option(help="The label of a pairs folder's masks (an export names its own).")] = "Lungs",
+    val_fraction: Annotated[
+        Optional[float], typer.Option(help="Images held out (seeded) to validate: default 0.2 of a pairs folder, 0.15 of an export without a val split.")
+    ] = None,
 ):
-    """Train a U-Net on the corrected masks of an export's train split (its val split validates)."""
+    """Train a U-Net on the corrected masks of an export's train split (its val split validates), or
+    on a folder of image / mask pairs, e.g. lung masks for the anatomy prior (--roi-model)."""
     from labeler.segmenting import train_on_export
 
     try:
@@ -244,6 +270,7 @@ def train_segmenter(
     result = train_on_export(
         export_dir, out, size=size, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         filters=levels, seed=seed, augment=augment, max_tasks=max_tasks, verbose=1 if sys.stdout.isatty() else 2,
+        label=label, val_fraction=val_fraction,
     )
     report = result.report
     val = "n/a" if report.val_dice is None else f"{report.val_dice:.3f}"
@@ -280,7 +307,7 @@ def evaluate_segmenter(
 
 @app.command("demo-data")
 def demo_data(
-    out: Annotated[Path, typer.Argument(help="Folder to write OUT/images/<class>/*.png and OUT/masks/*.png into.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write OUT/images/<class>/*.png, OUT/masks/*.png (lesions) and OUT/lungs/*.png into.")],
     per_class: Annotated[int, typer.Option(min=1)] = 60,
     size: Annotated[int, typer.Option(min=32)] = 128,
     seed: Annotated[int, typer.Option()] = 0,
@@ -369,6 +396,8 @@ def prelabel(
     source: SourceOption = "gradcam",
     segmenter: SegmenterOption = None,
     segmenter_threshold: SegmenterThreshold = "value:0.5",
+    roi_model: RoiModelOption = None,
+    roi_margin: RoiMargin = 0.03,
     document_root: DocumentRoot = None,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
@@ -382,7 +411,12 @@ def prelabel(
     settings = prelabel_settings(
         method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold, min_probability
     )
-    report = prelabel_project(ws, model, settings, batch_size, document_root, segmenter_path=segmenter)
+    prior = prior_settings(roi_margin)
+    if roi_model is None:
+        errors.print(NO_PRIOR_NOTE, markup=False, highlight=False)
+    report = prelabel_project(
+        ws, model, settings, batch_size, document_root, segmenter_path=segmenter, roi_model_path=roi_model, prior=prior
+    )
     for line in report.failed:
         errors.print(f"error: {line}", markup=False, highlight=False)
     console.print(

@@ -1,14 +1,16 @@
 """``labeler demo``: a Label Studio with a demo project pre-labelled by the backend, on this machine.
 
 Everything lives under one folder (default ``out/demo``): synthetic radiograph-like images, a
-small classifier trained on them, Label Studio's data and login, our SQLite database. A rerun
+small classifier trained on them, a small ROI model trained on their lungs (the anatomy prior), Label Studio's data and login, our SQLite database. A rerun
 reuses all of it and starts in seconds. Nothing is downloaded but Label Studio itself, from PyPI,
 into its own environment the first time.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,19 +41,42 @@ class Demo:
         self.studio.stop()
 
 
-def ensure_model(folder: Path, log) -> Path:
-    """Demo images and a small classifier trained on them (once; ~1 minute on a CPU)."""
-    model = folder / "model.keras"
-    if model.exists():
-        return model
+def ensure_model(folder: Path, log) -> tuple[Path, Path]:
+    """Demo images, a small classifier trained on them and a small ROI model trained on their lungs
+    (each once; ~1 minute on a CPU): the paths of the classifier and of the ROI model."""
+    model, roi_model = folder / "model.keras", folder / "roi.keras"
     labeler = [str(Path(sys.executable).parent / "labeler")]
-    log("making demo images and training a small classifier (once)")
-    subprocess.run([*labeler, "demo-data", str(folder / "data"), "--per-class", "100", "--size", "128"], check=True)
-    subprocess.run(
-        [*labeler, "train-classifier", str(folder / "data" / "images"), "--out", str(model), "--size", "128", "--epochs", "20"],
-        check=True,
-    )
-    return model
+    if not model.exists():
+        log("making demo images and training a small classifier (once)")
+        subprocess.run([*labeler, "demo-data", str(folder / "data"), "--per-class", "100", "--size", "128"], check=True)
+        subprocess.run(
+            [*labeler, "train-classifier", str(folder / "data" / "images"), "--out", str(model), "--size", "128", "--epochs", "20"],
+            check=True,
+        )
+    if not roi_model.exists():
+        log("training a small ROI model on the demo images' lungs (once)")
+        pairs = lung_pairs(folder / "data", folder / "lung-pairs")
+        count = len(list((pairs / "images").iterdir()))
+        # About 120 training steps whatever the number of images (~35 s on a CPU): lungs are easy.
+        batch = 8 if count >= 64 else 2
+        epochs = max(8, math.ceil(120 / math.ceil(0.8 * count / batch)))
+        subprocess.run(
+            [*labeler, "train-segmenter", str(pairs), "--out", str(roi_model), "--label", "Lungs", "--size", "64",
+             "--filters", "8,16,32", "--epochs", str(epochs), "--batch-size", str(batch)],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+    return model, roi_model
+
+
+def lung_pairs(data: Path, out: Path) -> Path:
+    """A ``train-segmenter`` pairs folder (``images/``, ``masks/``) from ``labeler demo-data``'s
+    class folders and ``lungs/``."""
+    for name in ("images", "masks"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+    for image in sorted((data / "images").glob("*/*.png")):
+        shutil.copyfile(image, out / "images" / image.name)
+        shutil.copyfile(data / "lungs" / image.name, out / "masks" / image.name)
+    return out
 
 
 @dataclass
@@ -100,7 +125,7 @@ def start_demo(folder: Path, port: int | None = None, log=print) -> Demo:
 
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    model = ensure_model(folder, log)
+    model, roi_model = ensure_model(folder, log)
     log("starting Label Studio (the first time installs it into .cache/label-studio-venv)")
     studio = LabelStudioServer(workdir=folder / "label-studio", port=port).start()
     backend = None
@@ -108,6 +133,7 @@ def start_demo(folder: Path, port: int | None = None, log=print) -> Demo:
         backend = BackendProcess.start(
             {
                 "MODEL_PATH": str(model),
+                "ROI_MODEL_PATH": str(roi_model),
                 "DATABASE_URL": f"sqlite:///{folder / 'labeler.db'}",
                 "LABEL_STUDIO_URL": studio.url,
                 "LABEL_STUDIO_API_KEY": studio.token,

@@ -11,9 +11,10 @@ import numpy as np
 from explain.images import ImageError, load_image
 from explain.labelstudio.results import Controls, prelabel_results
 from explain.overlay import colorize, overlay, panel
-from explain.prelabel import Prelabel, Prelabeler, PrelabelSettings
+from explain.anatomy import PriorSettings
+from explain.prelabel import Prelabel, PrelabelSettings
 from explain.regions import resize_heatmap
-from models.loading import load_classifier
+from labeler.pipelines import build_prelabeler
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,16 @@ def explain_files(
     colormap: str = "jet",
     batch_size: int = 16,
     controls: Controls = Controls(),
+    roi_model_path: Path | None = None,
+    prior: PriorSettings = PriorSettings(),
 ) -> list[Outcome]:
     """Pre-label ``paths`` in batches and write, per image and targeted class, into ``out``:
     ``<stem>.<class>.panel.png`` (original | heatmap | overlay), ``.heatmap.png``, ``.overlay.png``,
     ``.mask.png`` (0/255, original size), and ``<stem>.json``: a Label Studio task with the
-    pre-labels as its prediction. A file that cannot be read fails alone.
+    pre-labels as its prediction. A file that cannot be read fails alone. With ``roi_model_path``
+    (a lung segmenter) the regions are confined to its lungs.
     """
-    loaded = load_classifier(model_path)
-    prelabeler = Prelabeler(loaded.model, loaded.spec, settings, batch_size=batch_size)
+    loaded, prelabeler = build_prelabeler(model_path, settings, batch_size, roi_model_path=roi_model_path, prior=prior)
     version = prelabeler.version(loaded.version)
     out.mkdir(parents=True, exist_ok=True)
     outcomes = []

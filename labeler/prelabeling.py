@@ -21,13 +21,12 @@ from rich.progress import Progress
 from db import repository
 from explain.labelstudio.fetch import ImageFetcher
 from explain.labelstudio.configs import plan_for
-from explain.prelabel import Prelabeler, PrelabelSettings
+from explain.anatomy import PriorSettings
+from explain.prelabel import PrelabelSettings
 from explain.service import PrelabelService
-from explain.sources import source_named
+from labeler.pipelines import build_prelabeler
 from labeler.project import set_active_model_version
 from labeler.workspace import Workspace
-from models.loading import load_classifier, load_segmenter
-from models.segmentation import Segmenter
 
 
 @dataclass(frozen=True)
@@ -52,16 +51,14 @@ def prelabel_project(
     document_root: Path | None = None,
     label_map: dict[str, str] | None = None,
     segmenter_path: Path | None = None,
+    roi_model_path: Path | None = None,
+    prior: PriorSettings = PriorSettings(),
 ) -> PrelabelReport:
     """Pre-label every task of ``ws``'s project that lacks a prediction of this model version, with
-    the source ``settings.source`` (the segmenter and fusion sources need ``segmenter_path``)."""
+    the source ``settings.source`` (the segmenter and fusion sources need ``segmenter_path``),
+    inside the lungs of the ROI model at ``roi_model_path`` when given."""
     project_id = ws.require_project()
-    needs_segmenter = source_named(settings.source).needs_segmenter
-    if needs_segmenter and segmenter_path is None:
-        raise ValueError(f"--source {settings.source} needs --segmenter (a U-Net from `labeler train-segmenter`)")
-    loaded = load_classifier(model_path)
-    segmenter = Segmenter(load_segmenter(segmenter_path), batch_size) if needs_segmenter else None
-    prelabeler = Prelabeler(loaded.model, loaded.spec, settings, batch_size, segmenter)
+    loaded, prelabeler = build_prelabeler(model_path, settings, batch_size, segmenter_path, roi_model_path, prior)
     project = ws.client.projects.get(id=project_id)
     plan = plan_for(project.label_config, prelabeler.label_names, label_map)
     service = PrelabelService(prelabeler, loaded.version, plan, ImageFetcher(ws.label_studio_url, ws.auth, document_root))

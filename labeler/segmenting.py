@@ -1,5 +1,6 @@
 """``labeler train-segmenter`` and ``labeler evaluate-segmenter``: a U-Net trained on the corrected
-masks of a ``labeler export --format png`` folder, and scored on one of its splits against the
+masks of a ``labeler export --format png`` folder (or on a folder of image / mask pairs, e.g.
+public lung masks for the anatomy prior's ROI model), and scored on one of its splits against the
 corrected masks and, where the export has them, the pre-labels they were corrected from.
 
 The pre-label masks are made exactly as the backend makes them (``explain.regions``: threshold,
@@ -49,6 +50,44 @@ def read_split(export_dir: Path, split: str | None) -> ExportSplit:
         prediction = row.get("prediction_file")
         predictions.append(_label_masks(export_dir / prediction, len(labels)) if prediction else None)
     return ExportSplit(rows, labels, images, masks, predictions)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def is_export(folder: Path) -> bool:
+    """A ``labeler export`` folder has a manifest."""
+    return (Path(folder) / "manifest.csv").is_file()
+
+
+def read_pairs(folder: Path, label: str, size: int) -> ExportSplit:
+    """A folder of image / mask pairs, ``images/<name>.png|jpg`` and ``masks/<name>.png`` (0/255 or
+    0/1, same stem), as one split of one label, each pair resized to (size, size) as it is read (a
+    public set's full-size images would not fit in memory). Masks without an image are ignored."""
+    folder = Path(folder)
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise ValueError(
+            f"{folder}: neither a `labeler export --format png` folder (manifest.csv) nor a folder of "
+            "image / mask pairs (images/ and masks/)"
+        )
+    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"{folder}: images/ holds no .png or .jpg image")
+    unmatched = [p.name for p in paths if not (masks_dir / f"{p.stem}.png").is_file()]
+    if unmatched:
+        raise ValueError(f"{folder}: {len(unmatched)} image(s) have no mask in masks/ (same name, .png), e.g. {unmatched[0]}")
+    split = ExportSplit([], [label], [], [], [])
+    for path in paths:
+        image = load_image(path)
+        mask = cv2.imread(str(masks_dir / f"{path.stem}.png"), cv2.IMREAD_GRAYSCALE)
+        if mask is None or mask.shape != image.shape[:2]:
+            raise ValueError(f"masks/{path.stem}.png: not a readable mask of its image's size {image.shape[1]}x{image.shape[0]}")
+        split.rows.append({"task_id": path.stem, "image_file": f"images/{path.name}"})
+        split.images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+        split.masks.append(cv2.resize(np.uint8(mask > 0), (size, size), interpolation=cv2.INTER_NEAREST)[..., None] > 0)
+        split.predictions.append(None)
+    return split
 
 
 def _label_masks(path: Path, count: int) -> np.ndarray:
@@ -211,13 +250,16 @@ class SegmenterTraining:
 def train_on_export(
     export_dir: Path, out: Path, *, size: int = 128, epochs: int = 30, batch_size: int = 8,
     learning_rate: float = 1e-3, filters: tuple[int, ...] = (16, 32, 64, 128), seed: int = 0,
-    augment: bool = True, val_fraction: float = 0.15, max_tasks: int | None = None, verbose: int = 2,
+    augment: bool = True, val_fraction: float | None = None, max_tasks: int | None = None, verbose: int = 2,
+    label: str = "Lungs",
 ) -> SegmenterTraining:
     """Train a U-Net on the export's train split and save it (with its spec) to ``out``.
 
-    Validation uses the export's val split, or, when it is empty, ``val_fraction`` of the train
-    tasks; the test split is never read. ``max_tasks`` trains on a seeded subset of that many
-    train tasks (for learning curves).
+    Validation uses the export's val split, or, when it is empty, ``val_fraction`` (default 0.15)
+    of the train tasks; the test split is never read. ``max_tasks`` trains on a seeded subset of
+    that many train tasks (for learning curves). A folder of image / mask pairs (``read_pairs``)
+    is read as one train split of the one label ``label``, of which ``val_fraction`` (default 0.2)
+    of the images, seeded, validate.
     """
     import keras
 
@@ -227,7 +269,13 @@ def train_on_export(
 
     if out.suffix not in (".keras", ".h5"):
         raise ValueError(f"--out must end in .keras or .h5, got {out.name!r}")
-    train = read_split(export_dir, "train")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction!r}")
+    export = is_export(export_dir)
+    if export:
+        train = read_split(export_dir, "train")
+    else:
+        train = read_pairs(export_dir, label, size)
     if not train.rows:
         raise ValueError(f"{export_dir}: the train split has no tasks")
     images, masks = resized_pairs(train, (size, size))
@@ -236,11 +284,12 @@ def train_on_export(
             raise ValueError(f"--max-tasks must be at least 1, got {max_tasks}")
         keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:max_tasks])
         images, masks = images[keep], masks[keep]
-    val = read_split(export_dir, "val")
-    if val.rows:
+    val = read_split(export_dir, "val") if export else None
+    if val is not None and val.rows:
         val_images, val_masks = resized_pairs(val, (size, size))
     else:
-        fit, held = carve_validation(len(images), val_fraction, seed)
+        default = 0.15 if export else 0.2
+        fit, held = carve_validation(len(images), default if val_fraction is None else val_fraction, seed)
         images, masks, val_images, val_masks = images[fit], masks[fit], images[held], masks[held]
     keras.utils.set_random_seed(seed)  # the initial weights too, so that --seed reproduces a run
     model, spec = build_unet(tuple(train.labels), (size, size), filters=tuple(filters))

@@ -20,6 +20,12 @@ def _ellipse(shape, center, axes):
 
 def synthetic_radiograph(size: int, opacity: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One image (size, size) uint8 and its lesion mask (size, size) bool (empty when clear)."""
+    image, lesion, _ = synthetic_case(size, opacity, rng)
+    return image, lesion
+
+
+def synthetic_case(size: int, opacity: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``synthetic_radiograph``'s image and lesion mask, and its lung mask (size, size) bool."""
     shape = (size, size)
     image = np.full(shape, 0.15, np.float32)
     image[_ellipse(shape, (size * 0.5, size * 0.55), (size * 0.45, size * 0.48))] = 0.7
@@ -39,19 +45,22 @@ def synthetic_radiograph(size: int, opacity: bool, rng: np.random.Generator) -> 
     image = cv2.GaussianBlur(image, (0, 0), size / 64)
     image[lesion] += 0.45
     image = cv2.GaussianBlur(image, (0, 0), size / 128) + rng.normal(0, 0.03, shape).astype(np.float32)
-    return np.uint8(np.clip(image, 0, 1) * 255), lesion
+    return np.uint8(np.clip(image, 0, 1) * 255), lesion, lungs
 
 
 def write_dataset(out: Path, per_class: int, size: int = 128, seed: int = 0) -> Path:
-    """OUT/images/<class>/<name>.png (one folder per class, ready for train-classifier) and
-    OUT/masks/<name>.png (0/255 lesion masks of the opacity images)."""
+    """OUT/images/<class>/<name>.png (one folder per class, ready for train-classifier),
+    OUT/masks/<name>.png (0/255 lesion masks of the opacity images) and OUT/lungs/<name>.png (0/255
+    lung masks of every image, for the anatomy prior's ROI model)."""
     rng = np.random.default_rng(seed)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "lungs").mkdir(parents=True, exist_ok=True)
     for name in CLASSES:
         (out / "images" / name).mkdir(parents=True, exist_ok=True)
         for n in range(per_class):
-            image, lesion = synthetic_radiograph(size, name == "opacity", rng)
+            image, lesion, lungs = synthetic_case(size, name == "opacity", rng)
             cv2.imwrite(str(out / "images" / name / f"{name}{n:04d}.png"), image)
+            cv2.imwrite(str(out / "lungs" / f"{name}{n:04d}.png"), np.uint8(lungs) * 255)
             if lesion.any():
                 cv2.imwrite(str(out / "masks" / f"{name}{n:04d}.png"), np.uint8(lesion) * 255)
     return out

@@ -19,6 +19,7 @@ def test_demo_starts_and_pre_labels_every_task(demo_run):
     predictions = ls.predictions.list(project=demo.project_id)
     assert sorted(p.task for p in predictions) == sorted(t.id for t in tasks)
     assert len({p.model_version for p in predictions}) == 1 and "layercam@features" in predictions[0].model_version
+    assert "+roi:" in predictions[0].model_version  # the demo's ROI model, trained on the images' lungs
     assert any(r["type"] == "brushlabels" for p in predictions for r in p.result)
 
 

@@ -186,7 +186,7 @@ def test_train_and_evaluate_segmenter_commands_on_an_export(export_dir, tmp_path
 
 def test_segmenter_commands_name_bad_input_in_one_line(export_dir, tmp_path):
     not_export = invoke("train-segmenter", tmp_path, "--out", tmp_path / "m.keras")
-    assert not_export.exit_code == 2 and "manifest.csv: not found" in not_export.output
+    assert not_export.exit_code == 2 and "neither a `labeler export --format png` folder (manifest.csv)" in not_export.output
     bad_suffix = invoke("train-segmenter", export_dir, "--out", tmp_path / "m.pt")
     assert bad_suffix.exit_code == 2 and "--out must end in .keras or .h5" in bad_suffix.output
     bad_filters = invoke("train-segmenter", export_dir, "--out", tmp_path / "m.keras", "--filters", "8,x")
