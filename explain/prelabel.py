@@ -82,6 +82,7 @@ def prelabel_settings(
     max_vertices: int = 64,
     source: str = "gradcam",
     precision: str = "float32",
+    shape: str = "map",
     option_names: tuple[str, str] = ("--threshold", "--segmenter-threshold"),
 ) -> PrelabelSettings:
     """The one settings factory of both faces (the backend passes its variable names as
@@ -98,7 +99,7 @@ def prelabel_settings(
         method=method,
         layer=layer,
         target=Target.parse(target),
-        regions=RegionSettings(threshold, min_area=min_area, max_vertices=max_vertices),
+        regions=RegionSettings(threshold, min_area=min_area, max_vertices=max_vertices, shape=shape),
         source=source,
         precision=precision,
     )
@@ -221,12 +222,13 @@ class Prelabeler:
 
     def _prelabel(self, image, roi, output: ModelOutput) -> Prelabel:
         height, width = image.shape[:2]
+        gray = np.asarray(image, np.float32).reshape(height, width, -1).mean(axis=2)  # for the shape step
         classes = tuple(
             ClassRegions(
                 class_name=name,
                 probability=probability,
                 heatmap=heatmap,
-                regions=extract_regions(resize_heatmap(heatmap, width, height), self.settings.regions, roi),
+                regions=extract_regions(resize_heatmap(heatmap, width, height), self.settings.regions, roi, gray),
             )
             for name, probability, heatmap in self._maps(output)
         )

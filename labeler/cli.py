@@ -63,17 +63,24 @@ app = typer.Typer(
 )
 
 
-def prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source="gradcam", segmenter_threshold="value:0.5"):
+def prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source="gradcam", segmenter_threshold="value:0.5",
+                      shape="map"):
     from explain.prelabel import prelabel_settings as settings
 
+    if shape not in SHAPE_NAMES:
+        raise ValueError(f"--shape must be one of {', '.join(SHAPE_NAMES)}, got {shape!r}")
     return settings(
         method=method, layer=layer, target=target, cam_threshold=threshold, segmenter_threshold=segmenter_threshold,
-        min_area=min_area, max_vertices=max_vertices, source=source,
+        min_area=min_area, max_vertices=max_vertices, source=source, shape=shape,
     )
 
 
 METHOD_NAMES = ("gradcam", "guided", "gradcam++", "hirescam", "layercam")  # explain.methods.METHODS (a test keeps them equal)
 Method = Annotated[str, typer.Option(help=f"CAM method: {', '.join(METHOD_NAMES)}.")]
+SHAPE_NAMES = ("map", "intensity", "random_walker", "watershed", "grabcut", "slic")  # explain.shapes.SHAPES (a test keeps them equal)
+ShapeOption = Annotated[
+    str, typer.Option("--shape", help=f"How a region is outlined: {', '.join(SHAPE_NAMES)} ('map': the thresholded map; the others follow the image).")
+]
 SourceOption = Annotated[
     str, typer.Option("--source", help="Where regions come from: " + "; ".join(f"{n}: {s.summary}" for n, s in SOURCES.items()) + ".")
 ]
@@ -105,6 +112,7 @@ def explain(
     threshold: ThresholdOption = "fraction:0.2",
     min_area: MinArea = 0.001,
     max_vertices: MaxVertices = 64,
+    shape: ShapeOption = "map",
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, magma, viridis, hot or bone.")] = "jet",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
 ):
@@ -112,7 +120,7 @@ def explain(
     from explain.overlay import COLORMAPS
     from labeler.explaining import explain_files
 
-    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices)
+    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, shape=shape)
     if colormap not in COLORMAPS:
         raise ValueError(f"--colormap must be one of {sorted(COLORMAPS)}, got {colormap!r}")
     outcomes = explain_files(images, model, out, settings, colormap=colormap, batch_size=batch_size)
@@ -356,6 +364,7 @@ def prelabel(
     source: SourceOption = "gradcam",
     segmenter: SegmenterOption = None,
     segmenter_threshold: SegmenterThreshold = "value:0.5",
+    shape: ShapeOption = "map",
     document_root: DocumentRoot = None,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
@@ -366,7 +375,7 @@ def prelabel(
     from labeler.prelabeling import prelabel_project
 
     ws = Workspace(label_studio_url, api_key, project, database_url)
-    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold)
+    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold, shape)
     report = prelabel_project(ws, model, settings, batch_size, document_root, segmenter_path=segmenter)
     for line in report.failed:
         errors.print(f"error: {line}", markup=False, highlight=False)
