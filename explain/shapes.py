@@ -64,10 +64,10 @@ def shape_named(name: str) -> ShapeMethod:
 class _Work:
     """One image at the working size: mask, heat, gray (smoothed), inside (bool), all (h, w)."""
 
-    def __init__(self, mask, heat, gray, roi):
+    def __init__(self, mask, heat, gray, roi, size: int = WORK_SIZE):
         height, width = mask.shape
         self.full = (width, height)
-        scale = min(1.0, WORK_SIZE / max(height, width))
+        scale = min(1.0, size / max(height, width))
         self.size = (max(1, round(width * scale)), max(1, round(height * scale)))
         self.mask = self._bool(mask)
         self.heat = self._shrink(heat)
@@ -150,7 +150,7 @@ def _random_walker(mask, heat, gray, roi):
     """skimage's random walker on the gray image from ``_Work.seeds`` (lesion 1, background 2)."""
     from skimage.segmentation import random_walker
 
-    w = _Work(mask, heat, gray, roi)
+    w = _Work(mask, heat, gray, roi, WORK_SIZE // 2)  # a sparse solve per image: at half the working size
     lesion, background = w.seeds()
     if not (lesion.any() and background.any()):
         return mask
