@@ -7,6 +7,7 @@ from pathlib import Path
 
 from db.identity import label_studio_identity
 from explain.images import MAX_PIXELS
+from explain.shapes import SHAPES
 from explain.sources import SOURCES
 
 
@@ -36,6 +37,12 @@ def _project_sources(text: str) -> dict[int, str]:
     return sources
 
 
+def _shape(value: str) -> str:
+    if value not in SHAPES:
+        raise ValueError(f"CAM_SHAPE: shape must be one of {', '.join(SHAPES)}, got {value!r}")
+    return value
+
+
 def _source(value: str, name: str) -> str:
     if value not in SOURCES:
         raise ValueError(f"{name}: source must be one of {', '.join(SOURCES)}, got {value!r}")
@@ -55,6 +62,7 @@ class Settings:
     cam_min_area: float = 0.001
     cam_max_vertices: int = 64
     min_probability: float = 0.0  # regions only for a class at least this probable (0: always)
+    cam_shape: str = "map"  # how a region is outlined: explain.shapes.SHAPES
     batch_size: int = 16
     # Label Studio gives up on /predict after ML_TIMEOUT_PREDICT (100 s by default): one request
     # must finish well within that, so bulk pre-labelling belongs to `labeler prelabel`.
@@ -106,6 +114,7 @@ class Settings:
             cam_min_area=_number(env, "CAM_MIN_AREA", cls.cam_min_area, float),
             cam_max_vertices=_number(env, "CAM_MAX_VERTICES", cls.cam_max_vertices, int),
             min_probability=_probability(env, "MIN_PROBABILITY", cls.min_probability),
+            cam_shape=_shape(env.get("CAM_SHAPE", cls.cam_shape)),
             batch_size=_number(env, "BATCH_SIZE", cls.batch_size, int),
             max_tasks_per_request=_number(env, "MAX_TASKS_PER_REQUEST", cls.max_tasks_per_request, int),
             max_request_bytes=_number(env, "MAX_REQUEST_BYTES", cls.max_request_bytes, int),

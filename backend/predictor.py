@@ -31,6 +31,7 @@ def prelabel_settings(settings: Settings, source: str = "gradcam") -> PrelabelSe
         segmenter_threshold=settings.segmenter_threshold,
         min_area=settings.cam_min_area,
         max_vertices=settings.cam_max_vertices,
+        shape=settings.cam_shape,
         source=source,
         precision="mixed_float16" if settings.mixed_precision else "float32",
         min_probability=settings.min_probability,

@@ -93,6 +93,7 @@ def prelabel_settings(
     source: str = "gradcam",
     precision: str = "float32",
     min_probability: float = 0.0,
+    shape: str = "map",
     option_names: tuple[str, str] = ("--threshold", "--segmenter-threshold"),
 ) -> PrelabelSettings:
     """The one settings factory of both faces (the backend passes its variable names as
@@ -109,7 +110,7 @@ def prelabel_settings(
         method=method,
         layer=layer,
         target=Target.parse(target),
-        regions=RegionSettings(threshold, min_area=min_area, max_vertices=max_vertices),
+        regions=RegionSettings(threshold, min_area=min_area, max_vertices=max_vertices, shape=shape),
         source=source,
         precision=precision,
         min_probability=min_probability,
@@ -245,12 +246,13 @@ class Prelabeler:
     def _prelabel(self, image, roi, output: ModelOutput) -> Prelabel:
         height, width = image.shape[:2]
         roi = roi if output.roi_map is None else _and(roi, roi_mask(output.roi_map, width, height, self.prior))
+        gray = np.asarray(image, np.float32).reshape(height, width, -1).mean(axis=2)  # for the shape step
         classes = tuple(
             ClassRegions(
                 class_name=name,
                 probability=probability,
                 heatmap=heatmap,
-                regions=self._regions(heatmap, width, height, roi) if probability >= self.settings.min_probability else [],
+                regions=self._regions(heatmap, width, height, roi, gray) if probability >= self.settings.min_probability else [],
             )
             for name, probability, heatmap in self._maps(output)
         )
@@ -258,9 +260,9 @@ class Prelabeler:
         probabilities = {name: float(p) for name, p in zip(names, output.explanation.probabilities)}
         return Prelabel(width=width, height=height, probabilities=probabilities, classes=classes)
 
-    def _regions(self, heatmap, width: int, height: int, roi) -> list[Region]:
-        """One map's regions in the original image's frame."""
-        return extract_regions(resize_heatmap(heatmap, width, height), self.settings.regions, roi)
+    def _regions(self, heatmap, width: int, height: int, roi, gray) -> list[Region]:
+        """One map's regions in the original image's frame (``gray``: the (H, W) image for the shape step)."""
+        return extract_regions(resize_heatmap(heatmap, width, height), self.settings.regions, roi, gray)
 
 
 def _and(roi: np.ndarray | None, prior: np.ndarray) -> np.ndarray:

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from skimage.filters import threshold_otsu
 
+from explain.shapes import SHAPES, apply_shape
+
 _METHODS = ("fraction", "otsu", "percentile", "value")
 
 
@@ -65,12 +67,15 @@ class RegionSettings:
 
     min_area is a fraction of the image area; smaller regions are dropped.
     max_vertices is the polygon vertex budget (>= 3).
+    shape names the method of ``explain.shapes.SHAPES`` that outlines the thresholded map from the
+    image ("map": the thresholded map itself).
     """
 
     threshold: Threshold = Threshold("fraction", 0.2)
     min_area: float = 0.001
     fill_holes: bool = True
     max_vertices: int = 64
+    shape: str = "map"
 
     def __post_init__(self):
         if not isinstance(self.threshold, Threshold):
@@ -81,11 +86,15 @@ class RegionSettings:
             raise ValueError(f"fill_holes must be a bool, got {self.fill_holes!r}")
         if isinstance(self.max_vertices, bool) or not isinstance(self.max_vertices, int) or self.max_vertices < 3:
             raise ValueError(f"max_vertices must be an int >= 3, got {self.max_vertices!r}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {self.shape!r}")
 
     def describe(self) -> str:
-        """Short id such as ``"fraction0.2-min0.001-fill-v64"``."""
+        """Short id such as ``"fraction0.2-min0.001-fill-v64"`` (``-shape:<name>`` appended unless
+        the shape is "map", so that older ids stay as they were)."""
         holes = "fill" if self.fill_holes else "holes"
-        return f"{self.threshold.describe()}-min{self.min_area:g}-{holes}-v{self.max_vertices}"
+        shape = "" if self.shape == "map" else f"-shape:{self.shape}"
+        return f"{self.threshold.describe()}-min{self.min_area:g}-{holes}-v{self.max_vertices}{shape}"
 
 
 @dataclass(eq=False)
@@ -139,15 +148,17 @@ def threshold_mask(heatmap: np.ndarray, threshold: Threshold, roi: np.ndarray | 
 
 
 def extract_regions(
-    heatmap: np.ndarray, settings: RegionSettings = RegionSettings(), roi: np.ndarray | None = None
+    heatmap: np.ndarray, settings: RegionSettings = RegionSettings(), roi: np.ndarray | None = None,
+    image: np.ndarray | None = None,
 ) -> list[Region]:
-    """Threshold a heatmap and split it into 8-connected regions.
+    """Threshold a heatmap, outline it with ``settings.shape`` and split it into 8-connected regions.
 
     Parameters
     ----------
     heatmap : (H, W) float, finite, expected in [0, 1].
     settings : RegionSettings
     roi : (H, W) bool or uint8, optional; see :func:`threshold_mask`.
+    image : (H, W) float gray image in [0, 1]; required unless ``settings.shape`` is "map".
 
     Returns
     -------
@@ -158,6 +169,12 @@ def extract_regions(
     heat = _check_heatmap(heatmap)
     inside = _check_roi(roi, heat.shape)
     mask = _threshold(heat, settings.threshold, inside)
+    if settings.shape != "map":
+        gray = None if image is None else np.asarray(image)
+        if gray is None or gray.shape != heat.shape:
+            got = "none" if gray is None else f"shape {gray.shape}"
+            raise ValueError(f"shape {settings.shape!r} needs the gray image, (H, W) = {heat.shape}; got {got}")
+        mask = apply_shape(settings.shape, mask, heat, gray, inside)
     if settings.fill_holes:
         mask = _fill_holes(mask)
         if inside is not None:

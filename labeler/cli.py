@@ -65,13 +65,15 @@ app = typer.Typer(
 
 def prelabel_settings(
     method, layer, target, threshold, min_area, max_vertices, source="gradcam", segmenter_threshold="value:0.5",
-    min_probability=0.0,
+    min_probability=0.0, shape="map",
 ):
     from explain.prelabel import prelabel_settings as settings
 
+    if shape not in SHAPE_NAMES:
+        raise ValueError(f"--shape must be one of {', '.join(SHAPE_NAMES)}, got {shape!r}")
     return settings(
         method=method, layer=layer, target=target, cam_threshold=threshold, segmenter_threshold=segmenter_threshold,
-        min_area=min_area, max_vertices=max_vertices, source=source, min_probability=min_probability,
+        min_area=min_area, max_vertices=max_vertices, source=source, min_probability=min_probability, shape=shape,
     )
 
 
@@ -87,6 +89,10 @@ def prior_settings(margin: float):
 
 METHOD_NAMES = ("gradcam", "guided", "gradcam++", "hirescam", "layercam")  # explain.methods.METHODS (a test keeps them equal)
 Method = Annotated[str, typer.Option(help=f"CAM method: {', '.join(METHOD_NAMES)}.")]
+SHAPE_NAMES = ("map", "intensity", "random_walker", "watershed", "grabcut", "slic")  # explain.shapes.SHAPES (a test keeps them equal)
+ShapeOption = Annotated[
+    str, typer.Option("--shape", help=f"How a region is outlined: {', '.join(SHAPE_NAMES)} ('map': the thresholded map; the others follow the image).")
+]
 SourceOption = Annotated[
     str, typer.Option("--source", help="Where regions come from: " + "; ".join(f"{n}: {s.summary}" for n, s in SOURCES.items()) + ".")
 ]
@@ -128,6 +134,7 @@ def explain(
     min_area: MinArea = 0.001,
     max_vertices: MaxVertices = 64,
     min_probability: MinProbability = 0.0,
+    shape: ShapeOption = "map",
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, magma, viridis, hot or bone.")] = "jet",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
     roi_model: RoiModelOption = None,
@@ -137,7 +144,9 @@ def explain(
     from explain.overlay import COLORMAPS
     from labeler.explaining import explain_files
 
-    settings = prelabel_settings(method, layer, target, threshold, min_area, max_vertices, min_probability=min_probability)
+    settings = prelabel_settings(
+        method, layer, target, threshold, min_area, max_vertices, min_probability=min_probability, shape=shape
+    )
     prior = prior_settings(roi_margin)
     if colormap not in COLORMAPS:
         raise ValueError(f"--colormap must be one of {sorted(COLORMAPS)}, got {colormap!r}")
@@ -398,6 +407,7 @@ def prelabel(
     segmenter_threshold: SegmenterThreshold = "value:0.5",
     roi_model: RoiModelOption = None,
     roi_margin: RoiMargin = 0.03,
+    shape: ShapeOption = "map",
     document_root: DocumentRoot = None,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
@@ -409,7 +419,8 @@ def prelabel(
 
     ws = Workspace(label_studio_url, api_key, project, database_url)
     settings = prelabel_settings(
-        method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold, min_probability
+        method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold,
+        min_probability=min_probability, shape=shape,
     )
     prior = prior_settings(roi_margin)
     if roi_model is None:
