@@ -321,30 +321,60 @@ def pointing_hit(heatmap: np.ndarray, gt: np.ndarray) -> bool:
     return bool(gt.flat[int(np.argmax(heat))])
 
 
-def score(preds, gts, labels, heatmaps=None) -> dict:
-    """Scores of predicted masks against the truth, as ``baselines.py`` defines them.
+def score(preds, gts, labels, heatmaps=None, lungs=None) -> dict:
+    """Scores of predicted masks against the truth, as ``baselines.py`` defines them, plus the
+    annotator's effort and the false positives relative to the lungs.
 
     preds, gts : sequences of (H, W) bool; labels : "opacity" / "clear" per image;
-    heatmaps : optional sequence of (h, w) float maps, one per image (pointing game).
-    Returns dice, iou (means over opacity images; an empty prediction scores 0), point (share of
-    opacity images whose map's argmax lies in the truth; NaN without maps), fp (mean fraction of
-    the image predicted on clear images), fp_any (share of clear images with any predicted pixel),
-    n_opacity and n_clear.
+    heatmaps : optional sequence of (h, w) float maps, one per image (pointing game);
+    lungs : optional sequence of (H, W) bool lung masks, one per image (None for an image without one).
+    Returns dice, iou (means over opacity images; an empty prediction scores 0), edit (mean over
+    opacity images of ``labeler.agreement.edit_fraction``: (false-positive + false-negative
+    pixels) / true pixels, 1.0 = no gain over drawing from scratch, lower is better), point (share
+    of opacity images whose map's argmax lies in the truth; NaN without maps), fp (mean fraction
+    of the image predicted on clear images), fp_lung (mean predicted pixels / lung pixels on the
+    clear images that have a lung mask; NaN without), fp_any (share of clear images with any
+    predicted pixel: the edit fraction of a clear image is 1 or 0 exactly as this), n_opacity,
+    n_clear and n_clear_lung.
     """
-    dice, iou, point, fp, fp_any = [], [], [], [], []
+    from labeler.agreement import edit_fraction
+
+    dice, iou, edit, point, fp, fp_lung, fp_any = [], [], [], [], [], [], []
     for n, (pred, gt, label) in enumerate(zip(preds, gts, labels)):
         if label != POSITIVE:
             fp.append(pred.mean())
             fp_any.append(bool(pred.any()))
+            lung = None if lungs is None else lungs[n]
+            if lung is not None and lung.any():
+                fp_lung.append(pred.sum() / lung.sum())
             continue
         inter, total = np.logical_and(pred, gt).sum(), pred.sum() + gt.sum()
         dice.append(2 * inter / total if total else 0.0)
         iou.append(inter / (total - inter) if total else 0.0)
+        edit.append(edit_fraction(pred, gt))
         if heatmaps is not None:
             point.append(pointing_hit(heatmaps[n], gt))
     mean = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
-    return {"dice": mean(dice), "iou": mean(iou), "point": mean(point), "fp": mean(fp), "fp_any": mean(fp_any),
-            "n_opacity": len(dice), "n_clear": len(fp)}
+    return {"dice": mean(dice), "iou": mean(iou), "edit": mean(edit), "point": mean(point), "fp": mean(fp),
+            "fp_lung": mean(fp_lung), "fp_any": mean(fp_any), "n_opacity": len(dice), "n_clear": len(fp),
+            "n_clear_lung": len(fp_lung)}
+
+
+def trivial_scores(gts, labels, lungs) -> dict:
+    """``score`` of the trivial pre-labels {"whole lung": each image's lung mask, "empty": nothing}.
+
+    gts, lungs : (H, W) bool per image; an image without a lung mask (None) is left out of the
+    whole-lung row only (its ``n_opacity`` / ``n_clear`` say on how many it is scored)."""
+    have = [i for i, lung in enumerate(lungs) if lung is not None]
+    pick = lambda seq: [seq[i] for i in have]  # noqa: E731
+    return {"whole lung": score(pick(lungs), pick(gts), pick(labels), lungs=pick(lungs)),
+            "empty": score([np.zeros_like(g) for g in gts], gts, labels, lungs=lungs)}
+
+
+def best_on_val(scores: dict):
+    """The key of ``scores`` ({key: ``score``} on validation) with the lowest edit fraction; ties
+    (to 6 decimals) broken by the higher Dice, then the lower fp."""
+    return min(scores, key=lambda k: (round(scores[k]["edit"], 6), -round(scores[k]["dice"], 6), scores[k]["fp"]))
 
 
 def parse_baselines(text: str) -> dict:
