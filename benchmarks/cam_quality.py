@@ -569,6 +569,13 @@ def counts(rows: list[dict]) -> str:
     return f"{len(rows)} images ({opacity} opacity, {len(rows) - opacity} clear; {len({r['patient_key'] for r in rows})} patients)"
 
 
+def tightest(threshold: str) -> bool:
+    """Whether ``threshold`` ("kind:value") has the highest value of its kind in ``THRESHOLDS``."""
+    kind, _, value = threshold.partition(":")
+    values = [float(t.partition(":")[2]) for t in THRESHOLDS if t.partition(":")[0] == kind and ":" in t]
+    return bool(value) and float(value) == max(values)
+
+
 def gain(a: float, b: float) -> float:
     """Relative gain of a over b (inf when b is 0)."""
     return (a - b) / b if b else float("inf")
@@ -710,6 +717,9 @@ def report(res: dict, args: argparse.Namespace) -> str:
         "",
         f"- {near} of the {len(val['grid']['scores'])} settings lie within 0.01 of the chosen one's validation edit "
         f"fraction ({val['grid']['scores'][chosen]['n_opacity']} opacity images): between them the choice is within noise.",
+        *([f"- `{threshold}` is the tightest threshold of its kind in the grid: the edit fraction rewards small masks "
+           "(every pixel drawn outside the lesion is work), so a tighter one, not tried here, may do better still."]
+          if tightest(threshold) else []),
         f"- {missed:.0%} of the test opacity images are predicted clear and so get no pre-label (Dice 0, edit 1) "
         f"whatever the map: with `CAM_TARGET=predicted` the classifier's misses cap the Dice; the `above:0.3` and "
         "`opacity` targets above trade them for pre-labels on clear images.",
