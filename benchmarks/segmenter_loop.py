@@ -11,7 +11,9 @@ own ``labeler.segmenting.train_on_export`` (what ``labeler train-segmenter`` run
     have empty masks: they are corrected labels too).
 (b) the real radiologist lesion masks of ``../shared/data/cxr/lesions/`` (GGO, consolidation,
     pneumothorax merged into one "Opacity" label; 60 images of 41 patients), split by
-    ``patient_key`` (seeded: about 25 % test, 15 % val).
+    ``patient_key`` (seeded: about 25 % test, 15 % val), and, as the clear images of its test split,
+    the normal radiographs of a seeded half of the normal patients that have a lung mask (left out
+    of the classifier's training; not U-Net tasks).
 
 For each, U-Nets are trained on 10, 20, 40 and all of the train tasks (same number of gradient
 steps for every size, so that small sets are not under-trained), and every pre-label source of
@@ -21,7 +23,20 @@ and "fusion". The classifiers: (a) the cam_quality one (clear / opacity); (b) a 
 with ``labeler train-classifier`` on the data set's covid / normal / pneumonia images, leaving
 out the test patients.
 
-    python benchmarks/segmenter_loop.py --out BENCHMARKS.md [--size 128] [--steps 400]
+Every table carries the trivial pre-labels "whole lung" (each image's lung mask) and "empty"
+(nothing) first, scored by ``cam_quality.score`` like the sources: Dice, IoU and the edit fraction
+(``labeler.agreement.edit_fraction``, mean over the images with a lesion; 1.0 = no gain over
+drawing from scratch) on lesion images, and on clear (normal) images the predicted area as a
+fraction of the image and of the image's lungs. Lung masks: the bench's ``lungs/<id>.png``; for
+the real data the manifest's ``lung_mask_file`` (``lungs/<id>.png``, the seeds' ``seed/*__lungs.png``),
+which every lesion image has; a normal image without one is never a test image, and an image
+without one would be left out of the whole-lung row and the fp-per-lung mean only (the tables
+give the counts).
+
+    python benchmarks/segmenter_loop.py --out BENCHMARKS.md [--size 128] [--steps 400] [--quick]
+
+``--quick`` is a smoke run (meaningless scores): U-Nets on 10 tasks only, 20 steps at 64 px with
+filters 8,16; the classifiers trained for 3 (bench, cam_quality's ``--quick`` one) and 2 epochs.
 
 Cached under ``.cache/segmenter-loop/``; results between ``<!-- segmenter-loop:start -->`` and
 ``<!-- segmenter-loop:end -->``.
@@ -32,6 +47,7 @@ import argparse
 import csv
 import datetime
 import functools
+import hashlib
 import json
 import math
 import os
@@ -56,6 +72,7 @@ CACHE = ROOT / ".cache" / "segmenter-loop"
 CXR = ROOT.parent / "shared" / "data" / "cxr"
 LABEL = "Opacity"
 COUNTS = (10, 20, 40)
+QUICK = {"counts": (10,), "steps": 20, "size": 64, "filters": [8, 16], "bench_epochs": 3, "classifier_epochs": 2}
 SOURCES = ("gradcam", "segmenter", "fusion")
 VAL_TASKS = 48  # validation tasks kept per export: the U-Nets are validated every epoch
 MARKERS = ("<!-- segmenter-loop:start -->", "<!-- segmenter-loop:end -->")
@@ -103,6 +120,7 @@ def lesion_bench_tasks(strength: float) -> list[dict]:
     return [
         {"task_id": n + 1, "image": cam_quality.image_path(bench, r),
          "mask": cam_quality.read_mask(cam_quality.image_path(bench, r, "masks")),
+         "lung": cam_quality.read_mask(cam_quality.image_path(bench, r, "lungs")),
          "split": "test" if r["split"] == "test" else ("val" if r["id"] in val_ids else "train"),
          "patient": r["patient_key"], "label": r["label"]}
         for n, r in enumerate(rows)
@@ -110,7 +128,10 @@ def lesion_bench_tasks(strength: float) -> list[dict]:
 
 
 def real_lesion_tasks(seed: int = 0) -> list[dict]:
-    """The images with radiologist lesion masks (all lesion kinds merged), split by patient."""
+    """The images with radiologist lesion masks (all lesion kinds merged), split by patient, and
+    the clear test images: the normal radiographs (with a lung mask) of a seeded half of the
+    normal patients, or of a lesion patient in the test split. Each task has its "lung" mask
+    ((H, W) bool, None without one)."""
     if not (CXR / "lesions" / "annotations.csv").is_file():
         raise SystemExit(f"{CXR}: the research data is not there (../shared/data/cxr)")
     manifest = {r["id"]: r for r in csv.DictReader(open(CXR / "manifest.csv"))}
@@ -124,20 +145,30 @@ def real_lesion_tasks(seed: int = 0) -> list[dict]:
     order = list(np.random.default_rng(seed).permutation(patients))
     n_test, n_val = round(0.25 * len(order)), round(0.15 * len(order))
     split_of = {p: "test" if k < n_test else "val" if k < n_test + n_val else "train" for k, p in enumerate(order)}
-    return [
-        {"task_id": n + 1, "image": CXR / manifest[i]["file"], "mask": masks[i], "id": i,
-         "split": split_of[manifest[i]["patient_key"]], "patient": manifest[i]["patient_key"], "label": "opacity"}
-        for n, i in enumerate(sorted(masks))
-    ]
+    normal = [i for i, r in sorted(manifest.items()) if r["label"] == "normal" and r["lung_mask_file"]]
+    others = sorted({manifest[i]["patient_key"] for i in normal} - set(split_of))
+    held = set(np.random.default_rng(seed).permutation(others)[: len(others) // 2]) if others else set()
+    clear = [i for i in normal if split_of.get(manifest[i]["patient_key"], "") == "test" or manifest[i]["patient_key"] in held]
+    tasks = [{"id": i, "mask": masks[i], "split": split_of[manifest[i]["patient_key"]], "label": "opacity"} for i in sorted(masks)]
+    tasks += [{"id": i, "mask": None, "split": "test", "label": "clear"} for i in clear]
+    for n, t in enumerate(tasks):
+        row = manifest[t["id"]]
+        lung = cv2.imread(str(CXR / row["lung_mask_file"]), cv2.IMREAD_GRAYSCALE) > 127 if row["lung_mask_file"] else None
+        t.update(task_id=n + 1, image=CXR / row["file"], patient=row["patient_key"], lung=lung)
+        if t["mask"] is None:
+            t["mask"] = np.zeros(lung.shape, bool)
+    return tasks
 
 
 def real_classifier(test_patients: set[str], epochs: int) -> Path:
     """A small CNN (covid / normal / pneumonia) trained with ``labeler train-classifier`` on the
-    data set's images, leaving out the test patients; cached."""
-    out = CACHE / "real" / "classifier.keras"
+    data set's images, leaving out the test patients (the clear test images' included); cached per
+    epochs and left-out set."""
+    tag = hashlib.sha256("\n".join(sorted(test_patients)).encode()).hexdigest()[:8]
+    out = CACHE / "real" / f"classifier-{epochs}ep-without-{tag}.keras"
     if out.is_file():
         return out
-    data = CACHE / "real" / "classifier-data"
+    data = out.with_suffix(".data")
     for row in csv.DictReader(open(CXR / "manifest.csv")):
         if row["label"] in ("covid", "normal", "pneumonia") and row["patient_key"] not in test_patients \
                 and row["file"].startswith("images/"):
@@ -201,22 +232,24 @@ def _loaded(load, path: Path):
 
 
 def run_loop(name: str, tasks: list[dict], classifier: Path, args) -> dict:
-    """Train the curve on ``tasks`` and score every source on its test split."""
+    """Train the curve on ``tasks`` and score the trivial pre-labels and every source on its test split."""
     export = write_export(CACHE / name / "export", tasks)
     train_count = sum(t["split"] == "train" for t in tasks)
-    counts = [n for n in COUNTS if n < train_count] + [train_count]
+    counts = [n for n in args.counts if n < train_count] + ([] if args.quick else [train_count])
     models = train_curve(export, counts, args.size, args.steps, args.batch_size, tuple(args.filters))
     test = [t for t in tasks if t["split"] == "test"]
     images = cam_quality.load_images([t["image"] for t in test])
-    truths = [t["mask"] for t in test]
-    labels = [t["label"] for t in test]
-    scores = {"gradcam": cam_quality.score(source_masks(classifier, None, "gradcam", images), truths, labels)}
+    truths, labels, lungs = [t["mask"] for t in test], [t["label"] for t in test], [t["lung"] for t in test]
+    score = lambda masks: cam_quality.score(masks, truths, labels, lungs=lungs)  # noqa: E731
+    scores = {**cam_quality.trivial_scores(truths, labels, lungs),
+              "gradcam": score(source_masks(classifier, None, "gradcam", images))}
     for n, (path, _) in models.items():
         for source in ("segmenter", "fusion"):
-            scores[(source, n)] = cam_quality.score(source_masks(classifier, path, source, images), truths, labels)
+            scores[(source, n)] = score(source_masks(classifier, path, source, images))
     return {"counts": counts, "scores": scores, "train_seconds": {n: s for n, (_, s) in models.items()},
             "tasks": {split: sum(t["split"] == split for t in tasks) for split in ("train", "val", "test")},
-            "test_opacity": sum(label == "opacity" for label in labels)}
+            "test_opacity": sum(label == "opacity" for label in labels),
+            "test_without_lungs": sum(lung is None for lung in lungs)}
 
 
 # ---------------------------------------------------------------- report
@@ -226,12 +259,13 @@ def report(results: dict, args, seconds: float) -> str:
     from backend.config import Settings
 
     defaults = Settings(model_path=Path("x"))
+    command = "python benchmarks/segmenter_loop.py --out BENCHMARKS.md" + (" --quick" if args.quick else "")
     lines = [
         MARKERS[0],
-        "## Pre-label quality of the segmenter loop (issue 5)",
+        f"## Pre-label quality of the segmenter loop (issue 5){' (quick: meaningless scores)' if args.quick else ''}",
         "",
         f"{datetime.date.today().isoformat()}, {_machine()}, load average {load_average()}. "
-        f"Command: `.venv/bin/python benchmarks/segmenter_loop.py --out BENCHMARKS.md` "
+        f"Command: `.venv/bin/{command}` "
         f"(this run {seconds / 60:.0f} min; U-Nets and classifiers are cached, their training seconds are in the tables).",
         "",
         f"U-Net {args.size}x{args.size} px, filters {','.join(map(str, args.filters))}, BCE + Dice, "
@@ -239,44 +273,65 @@ def report(results: dict, args, seconds: float) -> str:
         f"loss kept (validated on a seeded {VAL_TASKS} of the val tasks where there are more). Grad-CAM: the product defaults (`CAM_METHOD={defaults.cam_method}`, "
         f"`CAM_THRESHOLD={defaults.cam_threshold}`); segmenter and fusion: `SEGMENTER_THRESHOLD="
         f"{defaults.segmenter_threshold}`. Every mask is what the backend would send (regions after "
-        "hole filling and small-region removal). Dice / IoU: means over the test images with a lesion "
-        "(empty prediction = 0); fp: mean predicted fraction of the clear test images.",
+        "hole filling and small-region removal).",
+        "",
+        "Columns, on the test images: **edit** = the annotator's effort (`labeler.agreement.edit_fraction`): "
+        "(pixels to erase + pixels to paint) / true lesion pixels, mean over the images with a lesion; 1.000 = no "
+        "gain over drawing from scratch (the *empty* row), above 1 = worse than nothing, lower is better. Dice / IoU: "
+        "means over the images with a lesion (empty prediction = 0). On the clear (normal) test images: fp image = "
+        "mean predicted fraction of the image, fp lung = mean predicted pixels / the image's lung pixels (the "
+        "prediction need not lie in the lungs, so it can pass 1), fp_any = share with any pre-label (their edit "
+        "fraction is 1 or 0 exactly as this). The trivial rows come first: *whole lung* pre-labels each image's lung "
+        "mask (clear images included), *empty* nothing; they are scored by the same code as the sources.",
         "",
     ]
-    for name, title in ((f"bench-strength{args.strength:g}", f"(a) lesion benchmark at strength {args.strength:g}, test split"), ("real", "(b) real radiologist lesion masks, test patients")):
+    sections = ((f"bench-strength{args.strength:g}", f"(a) lesion benchmark at strength {args.strength:g}, test split",
+                 "lung masks: the bench's `lungs/<id>.png`, one per image"),
+                ("real", "(b) real radiologist lesion masks, test patients",
+                 "lung masks: the manifest's `lung_mask_file` (`lungs/<id>.png`; the seeds' `seed/*__lungs.png`); "
+                 "every lesion image has one, and only normal images with one are taken as clear test images"))
+    for name, title, lung_text in sections:
         if name not in results:
             continue
         r = results[name]
         s = r["scores"]
+        clear = s["empty"]["n_clear"]
+        whole = s["whole lung"]
         lines += [
             f"### {title}",
             "",
             f"Tasks: {r['tasks']['train']} train / {r['tasks']['val']} val / {r['tasks']['test']} test "
-            f"({r['test_opacity']} test images with a lesion).",
+            f"({r['test_opacity']} test images with a lesion, {clear} clear); {lung_text}"
+            + (f"; {r['test_without_lungs']} test images without a lung mask are left out of the whole-lung row "
+               f"(scored on {whole['n_opacity']} lesion and {whole['n_clear']} clear images) and of fp lung"
+               if r["test_without_lungs"] else "") + ".",
             "",
-            "| corrected masks trained on | segmenter Dice | IoU | fp | fusion Dice | IoU | fp | training s |",
-            "|---|---|---|---|---|---|---|---|",
+            "| pre-labeller | corrected masks trained on | Dice | IoU | edit | fp image | fp lung | fp_any | training s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            _row("*trivial: whole lung*", "–", whole, "–"),
+            _row("*trivial: empty*", "–", s["empty"], "–"),
+            _row("Grad-CAM (the starting point)", "–", s["gradcam"], "–"),
         ]
-        for n in r["counts"]:
-            seg, fus = s[("segmenter", n)], s[("fusion", n)]
-            lines.append(
-                f"| {n} | {seg['dice']:.3f} | {seg['iou']:.3f} | {_fp(seg)} | {fus['dice']:.3f} | {fus['iou']:.3f} | "
-                f"{_fp(fus)} | {r['train_seconds'][n]:.0f} |"
-            )
-        cam = s["gradcam"]
-        lines += ["", f"Grad-CAM pre-labels (the starting point) on the same images: Dice {cam['dice']:.3f}, "
-                  f"IoU {cam['iou']:.3f}, fp {_fp(cam)}.", ""]
+        for source in ("segmenter", "fusion"):
+            lines += [_row(source, str(n), s[(source, n)], f"{r['train_seconds'][n]:.0f}") for n in r["counts"]]
+        if not clear:
+            lines += ["", "No clear test images here: the fp columns are n/a."]
+        lines.append("")
     lines.append(MARKERS[1])
     return "\n".join(lines)
+
+
+def _row(name: str, trained_on: str, s: dict, seconds: str) -> str:
+    """One table row: Dice | IoU | edit | fp image | fp lung | fp_any of a ``cam_quality.score``."""
+    fmt = (("dice", "{:.3f}"), ("iou", "{:.3f}"), ("edit", "{:.3f}"), ("fp", "{:.4f}"), ("fp_lung", "{:.4f}"),
+           ("fp_any", "{:.3f}"))
+    cells = " | ".join("n/a" if math.isnan(s[k]) else f.format(s[k]) for k, f in fmt)
+    return f"| {name} | {trained_on} | {cells} | {seconds} |"
 
 
 def _machine() -> str:
     facts = hardware()
     return f"{facts['cpu']}, {facts['cores']} cores, {facts['ram_gib']:.0f} GiB"
-
-
-def _fp(scores: dict) -> str:
-    return "n/a" if math.isnan(scores["fp"]) else f"{scores['fp']:.4f}"
 
 
 def main():
@@ -289,11 +344,17 @@ def main():
     parser.add_argument("--classifier-epochs", type=int, default=20)
     parser.add_argument("--only", choices=("bench", "real"))
     parser.add_argument("--strength", type=float, default=cam_quality.DEFAULT_STRENGTH, help="lesion benchmark strength")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run (meaningless scores): {QUICK}, overriding the options above")
     args = parser.parse_args()
+    args.counts, bench_epochs = COUNTS, cam_quality.DEFAULT_EPOCHS
+    if args.quick:
+        args.counts, args.steps, args.size, args.filters = QUICK["counts"], QUICK["steps"], QUICK["size"], QUICK["filters"]
+        args.classifier_epochs, bench_epochs = QUICK["classifier_epochs"], QUICK["bench_epochs"]
     started = time.perf_counter()
     results = {}
     if args.only in (None, "bench"):
-        classifier = cam_quality.classifier(args.strength)["path"]
+        classifier = cam_quality.classifier(args.strength, epochs=bench_epochs)["path"]
         results[f"bench-strength{args.strength:g}"] = run_loop(f"bench-strength{args.strength:g}", lesion_bench_tasks(args.strength), classifier, args)
     if args.only in (None, "real"):
         tasks = real_lesion_tasks()
