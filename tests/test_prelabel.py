@@ -8,7 +8,7 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from explain.gradcam import Target
 from explain.labelstudio.results import Controls, prelabel_results
-from explain.prelabel import Prelabeler, PrelabelSettings
+from explain.prelabel import Prelabeler, PrelabelSettings, prelabel_settings
 from explain.regions import RegionSettings, Threshold
 from models.spec import ModelSpec
 
@@ -167,3 +167,32 @@ def test_service_reads_in_parallel_answers_in_order_and_isolates_failures(bright
             assert outcome.answer["model_version"] == service.version == Prelabeler(model, spec).version("w1")
     assert len(threads) > 1  # the images were read on several threads
     assert {"fetch", "decode", "model", "regions", "results"} <= set(stages)
+
+
+def square(side: int) -> np.ndarray:
+    """A 64x64 black image with a white side x side square in its corner."""
+    image = np.zeros((64, 64, 3), np.float32)
+    image[:side, :side] = 1.0
+    return image
+
+
+def test_min_probability_gates_regions_per_image(brightness_model):
+    model, spec = brightness_model
+    faint, strong = square(24), square(48)  # mean brightness 0.14 / 0.56: p(bright) ~ 0.76 / 0.99
+    settings = prelabel_settings(method="gradcam", min_probability=0.9)
+    gated_faint, gated_strong = Prelabeler(model, spec, settings)([faint, strong])
+    ungated_faint, _ = Prelabeler(model, spec, prelabel_settings(method="gradcam"))([faint, strong])
+    assert 0.6 < gated_faint.probabilities["bright"] < 0.9 < gated_strong.probabilities["bright"]
+    assert gated_faint.classes[0].class_name == "bright" and gated_faint.classes[0].regions == []
+    assert gated_faint.classes[0].heatmap.max() > 0  # the map is still there, only no regions are drawn
+    assert ungated_faint.classes[0].regions and gated_strong.classes[0].regions
+
+
+def test_min_probability_names_the_version_and_is_checked(brightness_model):
+    model, spec = brightness_model
+    plain = Prelabeler(model, spec, prelabel_settings(method="gradcam")).description
+    gated = Prelabeler(model, spec, prelabel_settings(method="gradcam", min_probability=0.5)).description
+    assert gated == plain + "-p0.5"
+    for bad in (-0.1, 1.0, True, "0.5"):
+        with pytest.raises(ValueError, match="min_probability must be a probability"):
+            PrelabelSettings(min_probability=bad)
