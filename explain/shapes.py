@@ -109,6 +109,17 @@ class _Work:
         background = ((self.heat < 0.5 * self.cut) & ~self.bright(BRIGHT_MADS) | far | ~self.inside) & ~lesion
         return lesion, background
 
+    def markers(self) -> np.ndarray | None:
+        """``seeds`` as one int32 label image (lesion 1, background 2, unknown 0); None when
+        either seed is empty (nothing to grow from or against)."""
+        lesion, background = self.seeds()
+        if not (lesion.any() and background.any()):
+            return None
+        markers = np.zeros(self.mask.shape, np.int32)
+        markers[background] = 2
+        markers[lesion] = 1
+        return markers
+
 
 _DISC3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 
@@ -151,12 +162,9 @@ def _random_walker(mask, heat, gray, roi):
     from skimage.segmentation import random_walker
 
     w = _Work(mask, heat, gray, roi, WORK_SIZE // 2)  # a sparse solve per image: at half the working size
-    lesion, background = w.seeds()
-    if not (lesion.any() and background.any()):
+    labels = w.markers()
+    if labels is None:
         return mask
-    labels = np.zeros(w.mask.shape, np.int32)
-    labels[background] = 2
-    labels[lesion] = 1
     labels[~w.inside] = -1  # outside the roi: not part of the graph
     spread = float(w.gray[w.inside].std())
     if spread == 0 or w.gray.std() == 0:  # a flat image has no edges to follow
@@ -173,12 +181,9 @@ def _watershed(mask, heat, gray, roi):
     from skimage.segmentation import watershed
 
     w = _Work(mask, heat, gray, roi)
-    lesion, background = w.seeds()
-    if not (lesion.any() and background.any()):
+    markers = w.markers()
+    if markers is None:
         return mask
-    markers = np.zeros(w.mask.shape, np.int32)
-    markers[background] = 2
-    markers[lesion] = 1
     labels = watershed(sobel(w.gray), markers, mask=w.inside)
     return w.grow(labels == 1)
 
