@@ -71,3 +71,22 @@ def test_the_default_is_chosen_on_edit_fraction_then_dice():
     assert cam_quality.best_on_val({"a": s(0.9, 0.6), "b": s(0.8, 0.4)}) == "b"
     assert cam_quality.best_on_val({"a": s(0.8, 0.4), "b": s(0.8, 0.5)}) == "b"
     assert cam_quality.best_on_val({"a": s(0.8, 0.5, 0.2), "b": s(0.8, 0.5, 0.1)}) == "b"
+
+
+import prelabel_quality  # noqa: E402
+
+
+def test_the_post_hoc_gate_keeps_only_classes_at_least_that_probable():
+    drawn = [(0.7, TRUTH), (0.95, HALF_OVER)]
+    assert (prelabel_quality.gated(drawn, (H, W), 0.0) == (TRUTH | HALF_OVER)).all()
+    assert (prelabel_quality.gated(drawn, (H, W), 0.7) == (TRUTH | HALF_OVER)).all()  # at the gate: kept, as the backend
+    assert (prelabel_quality.gated(drawn, (H, W), 0.8) == HALF_OVER).all()
+    assert not prelabel_quality.gated(drawn, (H, W), 0.99).any()
+
+
+def test_the_product_default_never_uses_the_true_lungs():
+    s = lambda edit, dice: {"edit": edit, "dice": dice}  # noqa: E731
+    scores = {("map", "lungs+3%", "fraction:0.2", 0.0): s(0.5, 0.6), ("map", "roi model", "fraction:0.2", 0.0): s(0.7, 0.5),
+              ("map", "none", "fraction:0.2", 0.8): s(0.7, 0.55), prelabel_quality.BASELINE_EMPTY: s(0.1, 0.0)}
+    assert prelabel_quality.best(scores)[1] == "lungs+3%"
+    assert prelabel_quality.best(scores, ("none", "roi model")) == ("map", "none", "fraction:0.2", 0.8)  # tie on edit: Dice
