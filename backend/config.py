@@ -62,7 +62,7 @@ class Settings:
     cam_min_area: float = 0.001
     cam_max_vertices: int = 64
     min_probability: float = 0.0  # regions only for a class at least this probable (0: always)
-    cam_shape: str = "map"  # how a region is outlined: explain.shapes.SHAPES
+    cam_shape: str = "grabcut"  # how a region is outlined: explain.shapes.SHAPES
     batch_size: int = 16
     # Label Studio gives up on /predict after ML_TIMEOUT_PREDICT (100 s by default): one request
     # must finish well within that, so bulk pre-labelling belongs to `labeler prelabel`.

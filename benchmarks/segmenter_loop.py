@@ -54,6 +54,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -65,6 +66,7 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cam_quality  # noqa: E402  benchmarks/cam_quality.py
+import prelabel_quality  # noqa: E402  benchmarks/prelabel_quality.py
 from results import hardware, load_average, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,8 +208,10 @@ def train_curve(export: Path, counts, size: int, steps: int, batch_size: int, fi
     return models
 
 
-def source_masks(classifier: Path, segmenter: Path | None, source: str, images) -> list[np.ndarray]:
-    """What the backend draws for each image from ``source``, with its default settings:
+def source_masks(classifier: Path, segmenter: Path | None, source: str, images, roi_model: Path | None = None,
+                 shape: str | None = None) -> list[np.ndarray]:
+    """What the backend draws for each image from ``source``, with its default settings (the
+    anatomy prior ``roi_model`` as ``ROI_MODEL_PATH``; ``shape`` overrides ``CAM_SHAPE``):
     (H, W) bool per image, the union of the outlined regions."""
     from backend.config import Settings
     from backend.predictor import prelabel_settings
@@ -216,9 +220,11 @@ def source_masks(classifier: Path, segmenter: Path | None, source: str, images) 
     from models.segmentation import Segmenter
 
     loaded = _loaded(load_classifier, classifier)
-    settings = prelabel_settings(Settings(model_path=classifier), source)
+    defaults = Settings(model_path=classifier)
+    settings = prelabel_settings(replace(defaults, cam_shape=shape or defaults.cam_shape), source)
     lesions = Segmenter(_loaded(load_segmenter, segmenter)) if source != "gradcam" else None
-    prelabeler = Prelabeler(loaded.model, loaded.spec, settings, segmenter=lesions)
+    lungs = Segmenter(_loaded(load_segmenter, roi_model)) if roi_model else None
+    prelabeler = Prelabeler(loaded.model, loaded.spec, settings, segmenter=lesions, roi_model=lungs)
     masks = []
     for start in range(0, len(images), 16):
         masks += cam_quality.masks_of(prelabeler(images[start : start + 16]))
@@ -231,8 +237,9 @@ def _loaded(load, path: Path):
     return load(path)
 
 
-def run_loop(name: str, tasks: list[dict], classifier: Path, args) -> dict:
-    """Train the curve on ``tasks`` and score the trivial pre-labels and every source on its test split."""
+def run_loop(name: str, tasks: list[dict], classifier: Path, roi_model: Path, args) -> dict:
+    """Train the curve on ``tasks`` and score the trivial pre-labels and every source on its test
+    split, each with the anatomy prior ``roi_model``; the segmenter also with the map's own outline."""
     export = write_export(CACHE / name / "export", tasks)
     train_count = sum(t["split"] == "train" for t in tasks)
     counts = [n for n in args.counts if n < train_count] + ([] if args.quick else [train_count])
@@ -242,10 +249,11 @@ def run_loop(name: str, tasks: list[dict], classifier: Path, args) -> dict:
     truths, labels, lungs = [t["mask"] for t in test], [t["label"] for t in test], [t["lung"] for t in test]
     score = lambda masks: cam_quality.score(masks, truths, labels, lungs=lungs)  # noqa: E731
     scores = {**cam_quality.trivial_scores(truths, labels, lungs),
-              "gradcam": score(source_masks(classifier, None, "gradcam", images))}
+              "gradcam": score(source_masks(classifier, None, "gradcam", images, roi_model))}
     for n, (path, _) in models.items():
         for source in ("segmenter", "fusion"):
-            scores[(source, n)] = score(source_masks(classifier, path, source, images))
+            scores[(source, n)] = score(source_masks(classifier, path, source, images, roi_model))
+        scores[("segmenter, map shape", n)] = score(source_masks(classifier, path, "segmenter", images, roi_model, "map"))
     return {"counts": counts, "scores": scores, "train_seconds": {n: s for n, (_, s) in models.items()},
             "tasks": {split: sum(t["split"] == split for t in tasks) for split in ("train", "val", "test")},
             "test_opacity": sum(label == "opacity" for label in labels),
@@ -272,8 +280,11 @@ def report(results: dict, args, seconds: float) -> str:
         f"about {args.steps} steps of batch {args.batch_size} per model whatever the train-set size, best validation "
         f"loss kept (validated on a seeded {VAL_TASKS} of the val tasks where there are more). Grad-CAM: the product defaults (`CAM_METHOD={defaults.cam_method}`, "
         f"`CAM_THRESHOLD={defaults.cam_threshold}`); segmenter and fusion: `SEGMENTER_THRESHOLD="
-        f"{defaults.segmenter_threshold}`. Every mask is what the backend would send (regions after "
-        "hole filling and small-region removal).",
+        f"{defaults.segmenter_threshold}`; every source with the default `CAM_SHAPE={defaults.cam_shape}` and the "
+        "anatomy prior (`ROI_MODEL_PATH`: the lung model `benchmarks/prelabel_quality.py` trains with `labeler "
+        "train-segmenter` on its own train patients' lung masks, which may include this split's test patients: "
+        "lung masks only, never lesions); *segmenter, map shape* is the segmenter's map cut as is (`CAM_SHAPE=map`). "
+        "Every mask is what the backend would send (regions after hole filling and small-region removal).",
         "",
         "Columns, on the test images: **edit** = the annotator's effort (`labeler.agreement.edit_fraction`): "
         "(pixels to erase + pixels to paint) / true lesion pixels, mean over the images with a lesion; 1.000 = no "
@@ -312,7 +323,7 @@ def report(results: dict, args, seconds: float) -> str:
             _row("*trivial: empty*", "–", s["empty"], "–"),
             _row("Grad-CAM (the starting point)", "–", s["gradcam"], "–"),
         ]
-        for source in ("segmenter", "fusion"):
+        for source in ("segmenter", "segmenter, map shape", "fusion"):
             lines += [_row(source, str(n), s[(source, n)], f"{r['train_seconds'][n]:.0f}") for n in r["counts"]]
         if not clear:
             lines += ["", "No clear test images here: the fp columns are n/a."]
@@ -355,11 +366,13 @@ def main():
     results = {}
     if args.only in (None, "bench"):
         classifier = cam_quality.classifier(args.strength, epochs=bench_epochs)["path"]
-        results[f"bench-strength{args.strength:g}"] = run_loop(f"bench-strength{args.strength:g}", lesion_bench_tasks(args.strength), classifier, args)
+        lungs = prelabel_quality.lung_roi_model("bench", args.strength)["path"]
+        name = f"bench-strength{args.strength:g}"
+        results[name] = run_loop(name, lesion_bench_tasks(args.strength), classifier, lungs, args)
     if args.only in (None, "real"):
         tasks = real_lesion_tasks()
         classifier = real_classifier({t["patient"] for t in tasks if t["split"] == "test"}, args.classifier_epochs)
-        results["real"] = run_loop("real", tasks, classifier, args)
+        results["real"] = run_loop("real", tasks, classifier, prelabel_quality.lung_roi_model("real")["path"], args)
     text = report(results, args, time.perf_counter() - started)
     print(text)
     if args.out:

@@ -93,7 +93,7 @@ def prelabel_settings(
     source: str = "gradcam",
     precision: str = "float32",
     min_probability: float = 0.0,
-    shape: str = "map",
+    shape: str = "grabcut",
     option_names: tuple[str, str] = ("--threshold", "--segmenter-threshold"),
 ) -> PrelabelSettings:
     """The one settings factory of both faces (the backend passes its variable names as

@@ -65,7 +65,7 @@ app = typer.Typer(
 
 def prelabel_settings(
     method, layer, target, threshold, min_area, max_vertices, source="gradcam", segmenter_threshold="value:0.5",
-    min_probability=0.0, shape="map",
+    min_probability=0.0, shape="grabcut",
 ):
     from explain.prelabel import prelabel_settings as settings
 
@@ -134,7 +134,7 @@ def explain(
     min_area: MinArea = 0.001,
     max_vertices: MaxVertices = 64,
     min_probability: MinProbability = 0.0,
-    shape: ShapeOption = "map",
+    shape: ShapeOption = "grabcut",
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, magma, viridis, hot or bone.")] = "jet",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
     roi_model: RoiModelOption = None,
@@ -407,7 +407,7 @@ def prelabel(
     segmenter_threshold: SegmenterThreshold = "value:0.5",
     roi_model: RoiModelOption = None,
     roi_margin: RoiMargin = 0.03,
-    shape: ShapeOption = "map",
+    shape: ShapeOption = "grabcut",
     document_root: DocumentRoot = None,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,

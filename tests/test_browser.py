@@ -92,16 +92,16 @@ def outliner_nodes(driver, kind: str) -> list:
     return driver.find_elements(By.CSS_SELECTOR, f".lsf-tree__node_type_{kind}region")
 
 
-def toggle_visibility(driver, kind: str):
-    """Click the eye button of the (only) region of this kind in the regions panel."""
+def toggle_visibility(driver, index: int):
+    """Click the eye button of the index-th brush region in the regions panel."""
 
     def click(d):
-        (node,) = outliner_nodes(d, kind)
+        node = outliner_nodes(d, "brush")[index]
         button = node.find_element(By.CSS_SELECTOR, ".lsf-outliner-item__control_type_visibility button")
         d.execute_script("arguments[0].click()", button)  # shown on hover only; no hover highlight
         return True
 
-    wait(driver, click, f"no eye button on the {kind} region")
+    wait(driver, click, f"no eye button on brush region {index}")
 
 
 def coloured(driver) -> np.ndarray:
@@ -145,38 +145,49 @@ def screenshot(driver, name: str) -> Path:
 
 
 def pre_labelled_task(ls: LabelStudio, project_id: int) -> tuple[int, list[dict]]:
-    """A task not annotated yet whose prediction has exactly one brush mask (the default config
-    outlines with the brush only): its id and that result."""
+    """A task not annotated yet whose prediction has brush masks besides the class choice and no
+    other region kind (the default config outlines with the brush only): its id and those results."""
     annotated = {task.id for task in ls.tasks.list(project=project_id) if task.total_annotations}
+    seen = []
     for prediction in sorted(ls.predictions.list(project=project_id), key=lambda p: p.task):
         kinds = sorted(r["type"] for r in prediction.result)
-        if prediction.task not in annotated and kinds == ["brushlabels", "choices"]:
+        seen.append(kinds)
+        if prediction.task not in annotated and set(kinds) == {"brushlabels", "choices"}:
             return prediction.task, [r for r in prediction.result if r["type"] == "brushlabels"]
-    pytest.fail(f"no task of project {project_id} is pre-labelled with exactly one brush mask")
+    pytest.fail(f"no task of project {project_id} is pre-labelled with brush masks alone: {seen}")
 
 
 def test_annotator_sees_pre_labels_corrects_one_and_the_revision_is_stored(browser, demo_run):
     demo, studio = demo_run.demo, demo_run.demo.studio
-    task_id, brush = pre_labelled_task(LabelStudio(base_url=studio.url, api_key=studio.token), demo.project_id)
+    task_id, brushes = pre_labelled_task(LabelStudio(base_url=studio.url, api_key=studio.token), demo.project_id)
 
     log_in(browser, studio.url, studio.username, studio.password)
     open_task(browser, studio.url, demo.project_id, task_id)
-    assert [len(outliner_nodes(browser, kind)) for kind in KINDS] == [1, 0]  # one region kind per area
-    wait(browser, lambda d: drawn_in_place(d, brush),
-         "the pre-label is listed but not drawn over the image where the prediction puts it")
+    wait(browser, lambda d: len(outliner_nodes(d, "brush")) == len(brushes),
+         f"the regions panel does not list the {len(brushes)} brush pre-label(s)")
+    assert not outliner_nodes(browser, "polygon")  # one region kind per area
+    wait(browser, lambda d: drawn_in_place(d, brushes),
+         "the pre-labels are listed but not drawn over the image where the prediction puts them")
     screenshot(browser, "annotator-view")
 
-    toggle_visibility(browser, "brush")
-    wait(browser, lambda d: not coloured(d).any(), "hiding the pre-label left colour over the X-ray")
-    toggle_visibility(browser, "brush")
-    wait(browser, lambda d: drawn_in_place(d, brush), "the pre-label is not drawn in its place again")
+    # each region alone (the panel's order need not be the prediction's: each must match one of them)
+    for index in range(len(brushes)):
+        toggle_visibility(browser, index)
+    wait(browser, lambda d: not coloured(d).any(), "hiding every pre-label left colour over the X-ray")
+    for index in range(len(brushes)):
+        toggle_visibility(browser, index)
+        wait(browser, lambda d: any(drawn_in_place(d, [brush]) for brush in brushes),
+             f"brush region {index} shown alone is not drawn where a predicted region lies")
+        toggle_visibility(browser, index)
+        wait(browser, lambda d: not coloured(d).any(), f"brush region {index} did not hide")
+    for index in range(len(brushes)):
+        toggle_visibility(browser, index)
 
-    # the correction: a wrong region costs one deletion; the diagnosis the backend chose stays
+    # the correction: a wrong region costs one deletion; the others and the diagnosis stay
     outliner_nodes(browser, "brush")[0].find_element(By.CSS_SELECTOR, ".lsf-outliner-item").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "button[aria-label='Delete selected region']"),
-         "selecting the brush region offered no delete button")[0].click()
-    wait(browser, lambda d: not outliner_nodes(d, "brush"), "the brush region was not deleted")
-    wait(browser, lambda d: not coloured(d).any(), "the deleted region is still drawn")
+         "selecting a brush region offered no delete button")[0].click()
+    wait(browser, lambda d: len(outliner_nodes(d, "brush")) == len(brushes) - 1, "the brush region was not deleted")
     browser.find_element(By.CSS_SELECTOR, "button[aria-label='Submit current annotation']").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='bottombar-update-button']"),
          "after Submit the view never showed the saved annotation (its Update button)")
@@ -197,5 +208,7 @@ def test_annotator_sees_pre_labels_corrects_one_and_the_revision_is_stored(brows
         engine.dispose()
     assert [row.action for row in rows] == ["created"]
     result = rows[0].result
-    assert [r["type"] for r in result] == ["choices"]  # the region is gone, the diagnosis kept
+    assert sorted(r["type"] for r in result) == ["brushlabels"] * (len(brushes) - 1) + ["choices"]  # one region gone
+    kept = [r["value"]["rle"] for r in result if r["type"] == "brushlabels"]
+    assert all(rle in [b["value"]["rle"] for b in brushes] for rle in kept)  # the others exactly as predicted
     assert rows[0].completed_by is not None

@@ -109,7 +109,14 @@ def test_the_command_line_and_the_backend_name_every_shape(tmp_path):
     assert result.exit_code == 2 and "error: --shape must be one of map, intensity" in result.output
     env = {"MODEL_PATH": "m.keras", "CAM_SHAPE": "watershed"}
     assert backend_settings(Settings.from_env(env)).regions.shape == "watershed"
-    assert Settings.from_env({"MODEL_PATH": "m.keras"}).cam_shape == "map"
+    # one default for every face: the settings factory's, the backend's and both commands'
+    import inspect
+
+    from explain.prelabel import prelabel_settings
+
+    default = prelabel_settings().regions.shape
+    assert default == "grabcut" == Settings.from_env({"MODEL_PATH": "m.keras"}).cam_shape
+    assert {inspect.signature(command).parameters["shape"].default for command in (cli.explain, cli.prelabel)} == {default}
     with pytest.raises(ValueError, match="CAM_SHAPE: shape must be one of"):
         Settings.from_env({**env, "CAM_SHAPE": "snake"})
 
