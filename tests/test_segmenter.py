@@ -260,7 +260,8 @@ def test_backend_chooses_the_source_per_project(models, tmp_path):
     for n, image in enumerate(images):
         cv2.imwrite(str(documents / "xrays" / f"img{n}.png"), image[..., 0])
     settings = make_settings(tmp_path, classifier_path, documents, segmenter_path=segmenter_path,
-                             project_sources={8: "segmenter", 9: "fusion"}, cam_min_area=1e-6)
+                             project_sources={8: "segmenter", 9: "fusion"}, cam_min_area=1e-6,
+                             cam_shape="map")  # the U-Net's mask as is: checked against expected_segmenter_mask
     client = create_app(settings).test_client()
     answers = {
         project: client.post("/predict", json={**predict_body(task(project * 10, "img0.png"), project=f"{project}.1"),
