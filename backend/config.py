@@ -7,7 +7,7 @@ from pathlib import Path
 
 from db.identity import label_studio_identity
 from explain.images import MAX_PIXELS
-from explain.shapes import SHAPES
+from explain.shapes import shape_named
 from explain.sources import SOURCES
 
 
@@ -38,8 +38,10 @@ def _project_sources(text: str) -> dict[int, str]:
 
 
 def _shape(value: str) -> str:
-    if value not in SHAPES:
-        raise ValueError(f"CAM_SHAPE: shape must be one of {', '.join(SHAPES)}, got {value!r}")
+    try:
+        shape_named(value)
+    except ValueError as exc:
+        raise ValueError(f"CAM_SHAPE: {exc}") from None
     return value
 
 

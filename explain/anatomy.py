@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from explain.regions import _fill_holes, resize_heatmap
+from explain.regions import fill_holes, resize_heatmap
 
 MIN_COMPONENT = 0.01  # components under this fraction of the image area are specks, not lungs
 
@@ -78,7 +78,7 @@ def roi_mask(probabilities: np.ndarray, width: int, height: int, settings: Prior
         return np.zeros((height, width), bool)
     chosen = np.zeros(count, bool)
     chosen[kept] = True
-    mask = _fill_holes(chosen[labels])
+    mask = fill_holes(chosen[labels])
     radius = round(settings.margin * min(width, height))
     if radius > 0:
         # Distance to the nearest ROI pixel: one pass whatever the radius (a large kernel is slow on big images).

@@ -246,7 +246,8 @@ class Prelabeler:
     def _prelabel(self, image, roi, output: ModelOutput) -> Prelabel:
         height, width = image.shape[:2]
         roi = roi if output.roi_map is None else _and(roi, roi_mask(output.roi_map, width, height, self.prior))
-        gray = np.asarray(image, np.float32).reshape(height, width, -1).mean(axis=2)  # for the shape step
+        # the image's brightness, only where a shape step follows it
+        gray = None if self.settings.regions.shape == "map" else np.asarray(image, np.float32).reshape(height, width, -1).mean(axis=2)
         classes = tuple(
             ClassRegions(
                 class_name=name,

@@ -176,7 +176,7 @@ def extract_regions(
             raise ValueError(f"shape {settings.shape!r} needs the gray image, (H, W) = {heat.shape}; got {got}")
         mask = apply_shape(settings.shape, mask, heat, gray, inside)
     if settings.fill_holes:
-        mask = _fill_holes(mask)
+        mask = fill_holes(mask)
         if inside is not None:
             mask &= inside
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
@@ -227,8 +227,8 @@ def _check_roi(roi: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | N
     return roi != 0
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Set background not 4-connected to the border (as scipy's binary_fill_holes)."""
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Set background not 4-connected to the border (as scipy's binaryfill_holes)."""
     padded = np.pad(mask.view(np.uint8), 1)
     cv2.floodFill(padded, None, (0, 0), 2, flags=4)
     return padded[1:-1, 1:-1] != 2
