@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from explain.anatomy import PriorSettings, roi_mask
+from explain.confidence import class_confidence, map_confidence
 from explain.gradcam import Explanation, GradCam, Target
 from explain.regions import Region, RegionSettings, Threshold, extract_regions, resize_heatmap
 from explain.sources import source_named
@@ -148,6 +149,7 @@ class Prelabel:
     height: int
     probabilities: dict[str, float]
     classes: tuple[ClassRegions, ...]
+    confidence: float = 1.0  # the prediction's score for Label Studio (explain.confidence)
 
     @property
     def predicted(self) -> str:
@@ -259,7 +261,11 @@ class Prelabeler:
         )
         names = self.spec.class_names
         probabilities = {name: float(p) for name, p in zip(names, output.explanation.probabilities)}
-        return Prelabel(width=width, height=height, probabilities=probabilities, classes=classes)
+        if output.lesion_maps is not None:
+            confidence = map_confidence(output.lesion_maps, output.roi_map)
+        else:
+            confidence = class_confidence(output.explanation.probabilities)
+        return Prelabel(width=width, height=height, probabilities=probabilities, classes=classes, confidence=confidence)
 
     def _regions(self, heatmap, width: int, height: int, roi, gray) -> list[Region]:
         """One map's regions in the original image's frame (``gray``: the (H, W) image for the shape step)."""

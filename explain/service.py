@@ -115,7 +115,7 @@ class PrelabelService:
                 outcome.prelabel = prelabel
                 outcome.answer = {
                     "result": [r for controls in self.plan.controls for r in prelabel_results(prelabel, controls)],
-                    "score": prelabel.probabilities[prelabel.predicted],
+                    "score": prelabel.confidence,
                     "model_version": version,
                 }
         return outcomes

@@ -79,7 +79,7 @@ def write_outputs(out: Path, path: Path, image: np.ndarray, prelabel: Prelabel, 
         "predictions": [
             {
                 "model_version": version,
-                "score": prelabel.probabilities[prelabel.predicted],
+                "score": prelabel.confidence,
                 "result": prelabel_results(prelabel, controls),
             }
         ],
