@@ -13,20 +13,25 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import requests
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend.config import Settings
-from explain.labelstudio.fetch import ImageFetcher, LabelStudioAuth
+from explain.labelstudio.fetch import FetchError, ImageFetcher, LabelStudioAuth
 from explain.labelstudio.configs import plan_for
 from backend.metrics import Metrics
 from backend.predict import (
     BadRequest, StorageUnavailable, parse_config, parse_project_id, predict_tasks, project_key, validate_tasks,
     webhook_project_key,
 )
-from backend.predictor import NO_PRIOR, ModelUnavailable, Predictor, check_roi_model, prelabel_settings
-from backend.webhooks import handle_event
-from db import repository
+from backend.predictor import NO_PRIOR, ModelUnavailable, Pipeline, Predictor, check_roi_model, prelabel_settings
+from backend.jobs import JobRunner
+from backend.refresh import refresh_predictions
+from backend.training import ProjectTrainer
+from backend.webhooks import ANNOTATION_ACTIONS, handle_event, webhook_project_id
+from db import jobs, registry, repository
+from db.schema import Project
 from db.identity import label_studio_identity
 from db.engine import session_factory
 from db.migrating import open_database
@@ -62,6 +67,10 @@ class Backend:
         self.sessions = session_factory(open_database(settings.database_url))
         self.predictor = Predictor(settings)
         self.metrics = Metrics()
+        self.trainer = ProjectTrainer(settings, self.predictor, self.sessions, self.project_fetcher)
+        self.runner = JobRunner(
+            self.trainer, self.sessions, self.metrics, settings.train_stale_after, after_promotion=self.refresh_label_studio
+        )
         self._plans: OrderedDict[tuple, object] = OrderedDict()  # the newest PLAN_CACHE configs
         self._auths: dict[tuple[str, str], LabelStudioAuth] = {}
         self.configured = label_studio_identity(settings.label_studio_url)
@@ -106,13 +115,89 @@ class Backend:
             return Connection(self.configured, settings.label_studio_url, link.token if link else None)
         return Connection(link.label_studio, link.url, link.token) if link else Connection("", None, None)
 
+    def project_fetcher(self, project) -> ImageFetcher:
+        """The image fetcher of a database project (for training jobs, which have no request)."""
+        settings = self.settings
+        if settings.label_studio_url and settings.label_studio_api_key:
+            return self.fetcher(Connection(self.configured, settings.label_studio_url, settings.label_studio_api_key))
+        with self.sessions() as session:
+            link = repository.link_of_project(session, project)
+        if settings.label_studio_url:
+            return self.fetcher(Connection(self.configured, settings.label_studio_url, link.token if link else None))
+        return self.fetcher(Connection(link.label_studio, link.url, link.token) if link else Connection("", None, None))
+
+    def pipeline_for(self, project_id: int | None, identity: str) -> Pipeline:
+        """The pipeline of a project: its PROJECT_PRELABEL_SOURCES entry when it has one, else its
+        promoted segmenter (``db.registry``) when it has one, else PRELABEL_SOURCE's."""
+        source = self.settings.project_sources.get(project_id)
+        if source is None and project_id is not None:
+            with self.sessions() as session:
+                project = repository.get_project(session, project_id, identity)
+                promoted = registry.current_segmenter(session, project) if project is not None else None
+                if promoted is not None:
+                    row_id, weights_id = promoted.id, promoted.weights_id
+            if promoted is not None:
+                return self.predictor.promoted(weights_id, lambda: self.trainer._stored(row_id))
+        return self.predictor.get(source)
+
+    def refresh_label_studio(self, project_row_id: int) -> None:
+        """After a promotion: Label Studio re-pre-labels the project's open tasks with the new
+        model, whose version becomes the active one (``backend.refresh``); needs the project's Label
+        Studio URL and token. A failure is logged (one line) and changes nothing else."""
+        with self.sessions() as session:
+            project = session.get(Project, project_row_id)
+            ls_project_id, identity = project.ls_project_id, project.label_studio
+            annotated = {r.task.ls_task_id for r in repository.current_annotations(session, project)}
+            open_tasks = sorted(t.ls_task_id for t in repository.live_tasks(session, project) if t.ls_task_id not in annotated)
+            link = repository.link_of_project(session, project)
+        settings = self.settings
+        url = settings.label_studio_url or (link.url if link else None)
+        token = settings.label_studio_api_key or (link.token if link else None)
+        if not url or not token:
+            log.warning("project %d: no Label Studio URL and token known, so its open tasks keep their old pre-labels "
+                        "until opened (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)", ls_project_id)
+            return
+        version = self.pipeline_for(ls_project_id, identity).version
+        try:
+            asked = refresh_predictions(url, self.auth(url, token), ls_project_id, open_tasks, version)
+        except (requests.RequestException, FetchError) as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            log.warning("project %d: Label Studio did not take the new pre-labels (%s)", ls_project_id,
+                        f"HTTP {status}" if status else type(exc).__name__)
+            return
+        log.info("project %d: %d open task(s) pre-labelled again by Label Studio, active version %s", ls_project_id, asked, version)
+
+    def auth(self, url: str, token: str) -> LabelStudioAuth:
+        key = (url, token)
+        if key not in self._auths:  # one per token: a personal access token is refreshed, not re-fetched per request
+            self._auths[key] = LabelStudioAuth(url, token, self.settings.fetch_timeout)
+        return self._auths[key]
+
+    def enqueue_training(self, project_id: int, identity: str, trigger: str) -> dict:
+        """Queue a training job for a project (one waiting job per project: a second ask joins it)."""
+        with self.sessions.begin() as session:
+            project = repository.upsert_project(session, project_id, label_studio=identity)
+            job, created = jobs.enqueue_training(session, project, trigger)
+            job_id = job.id
+        self.runner.wake()
+        log.info("training job %d %s for project %d (asked by %s)", job_id, "queued" if created else "already queued", project_id, trigger)
+        return {"job": str(job_id), "status": "queued" if created else "already queued"}
+
+    def train_if_due(self, project_id: int, identity: str) -> dict | None:
+        """TRAIN_EVERY: queue a job once that many corrected annotations arrived since the last one."""
+        every = self.settings.train_every
+        if not every:
+            return None
+        with self.sessions() as session:
+            project = repository.get_project(session, project_id, identity)
+            if project is None:
+                return None
+            last = jobs.last_job(session, project)
+            new = jobs.annotations_since(session, project, last.revision_mark if last else None)
+        return self.enqueue_training(project_id, identity, f"every-{every}-annotations") if new >= every else None
+
     def fetcher(self, connection: Connection) -> ImageFetcher:
-        auth = None
-        if connection.url and connection.token:
-            key = (connection.url, connection.token)
-            if key not in self._auths:  # one per token: a personal access token is refreshed, not re-fetched per request
-                self._auths[key] = LabelStudioAuth(connection.url, connection.token, self.settings.fetch_timeout)
-            auth = self._auths[key]
+        auth = self.auth(connection.url, connection.token) if connection.url and connection.token else None
         return ImageFetcher(
             connection.url, auth, self.settings.local_files_document_root, self.settings.allowed_image_hosts,
             self.settings.max_image_bytes, self.settings.fetch_timeout,
@@ -140,6 +225,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     backend = Backend(settings)
     if settings.warmup:
         backend.predictor.warm_up_in_background()
+    if settings.training:
+        backend.runner.start()
     app = Flask(__name__)
     app.config["BACKEND"] = backend
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -171,7 +258,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         project_id = parse_project_id(body.get("project"))
         key = project_key(body.get("project"))
         backend.learn_label_studio(key, body.get("hostname"), body.get("access_token"))
-        pipeline = backend.predictor.get(settings.source_for(project_id))
+        pipeline = backend.pipeline_for(project_id, backend.connection(key).identity)
         config = parse_config(body.get("schema"), "schema")
         if config:
             backend.plan(config, pipeline.class_names)
@@ -188,7 +275,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         tasks = validate_tasks(body, settings.max_tasks_per_request)
         project_id = parse_project_id(body.get("project"))
         connection = backend.connection(project_key(body.get("project")))
-        pipeline = backend.predictor.get(settings.source_for(project_id))
+        pipeline = backend.pipeline_for(project_id, connection.identity)
         config = body.get("label_config") or _stored_config(backend, project_id, connection.identity)
         if not config:
             raise BadRequest("label_config is missing and no /setup was received for this project")
@@ -202,10 +289,16 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/webhook")
     def webhook():
-        body = _body()
+        body = _body()  # never logged: START_TRAINING carries the project's tokens
         identity = backend.connection(webhook_project_key(body)).identity
+        if body.get("action") == "START_TRAINING":  # Label Studio's "Start training", answered at once
+            return jsonify(backend.enqueue_training(_or_bad_request(webhook_project_id, body), identity, "label-studio"))
         with backend.sessions.begin() as session:
             summary = _or_bad_request(handle_event, session, body, label_studio=identity)
+        if summary.get("stored") and body.get("action") in ANNOTATION_ACTIONS:
+            queued = backend.train_if_due(webhook_project_id(body), identity)
+            if queued:
+                summary["training"] = queued
         return jsonify(summary)
 
     @app.get("/metrics")

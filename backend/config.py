@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,15 @@ class Settings:
     project_sources: dict[int, str] = field(default_factory=dict)
     roi_model_path: Path | None = None  # the anatomy prior's ROI model (a lung segmenter); None: no prior
     roi_margin: float = 0.03  # explain.anatomy.PriorSettings.margin
+    # Training on the corrected masks (backend.training): whether this process runs queued jobs,
+    # train after every N new corrected annotations (0: only when asked), what a job needs and does.
+    training: bool = False  # from_env: TRAINING, default 1 (Settings built in code, as tests do, run no jobs unless asked)
+    train_every: int = 0
+    train_min_tasks: int = 10
+    train_epochs: int = 30
+    train_size: int = 128
+    train_stale_after: float = 60.0  # seconds without a heartbeat before a running job is taken over
+    model_cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "labeler-models")
 
     def source_for(self, project_id: int | None) -> str:
         """Where a project's regions come from: its PROJECT_PRELABEL_SOURCES entry, else PRELABEL_SOURCE."""
@@ -138,6 +148,13 @@ class Settings:
             project_sources=_project_sources(env.get("PROJECT_PRELABEL_SOURCES", "")),
             roi_model_path=Path(roi_model) if roi_model else None,
             roi_margin=_fraction(env, "ROI_MARGIN", cls.roi_margin),
+            training=_flag(env, "TRAINING", True),
+            train_every=_count(env, "TRAIN_EVERY", cls.train_every),
+            train_min_tasks=_number(env, "TRAIN_MIN_TASKS", cls.train_min_tasks, int),
+            train_epochs=_number(env, "TRAIN_EPOCHS", cls.train_epochs, int),
+            train_size=_number(env, "TRAIN_SIZE", cls.train_size, int),
+            train_stale_after=_number(env, "TRAIN_STALE_AFTER", cls.train_stale_after, float),
+            **({"model_cache_dir": Path(env["MODEL_CACHE_DIR"])} if env.get("MODEL_CACHE_DIR") else {}),
         )
         if any(SOURCES[source].needs_segmenter for source in settings.sources) and settings.segmenter_path is None:
             raise ValueError("SEGMENTER_PATH is not set, but a project pre-labels from the segmenter")
@@ -162,6 +179,16 @@ def _flag(env, name, default: bool) -> bool:
     if value not in ("1", "true", "yes", "0", "false", "no"):
         raise ValueError(f"{name} must be 1/true/yes or 0/false/no, got {env[name]!r}")
     return value in ("1", "true", "yes")
+
+
+def _count(env, name, default: int) -> int:
+    """A whole number >= 0 (``_number`` wants it positive)."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise ValueError(f"{name} must be a whole number >= 0, got {env[name]!r}")
+    return int(text)
 
 
 def _fraction(env, name, default: float) -> float:

@@ -31,6 +31,13 @@ class Metrics:
             "labeler_model_info", "The model version in use (value 1)", ["version"], registry=self.registry,
             multiprocess_mode="max",
         )
+        self.training_jobs = Counter(
+            "labeler_training_jobs", "Finished training jobs by outcome: promoted, kept (the current pre-labeller "
+            "did as well or better), not_trained (too few corrected masks), failed", ["outcome"], registry=self.registry,
+        )
+        self.training_running = Gauge(
+            "labeler_training_running", "Training jobs running now", registry=self.registry, multiprocess_mode="livesum"
+        )
         self._versions: set[str] = set()
 
     def set_model_version(self, version: str):

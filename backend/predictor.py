@@ -14,7 +14,7 @@ from explain.anatomy import PriorSettings
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.prelabel import prelabel_settings as shared_prelabel_settings
 from explain.sources import source_named
-from models.loading import LoadedModel, load_classifier, load_segmenter, with_mixed_precision
+from models.loading import LoadedModel, load_classifier, load_segmenter, unpack_model, with_mixed_precision
 from models.segmentation import Segmenter
 from models.spec import load_spec
 
@@ -105,16 +105,31 @@ class Predictor:
         return self.settings.prelabel_source in self._pipelines
 
     def get(self, source: str | None = None) -> Pipeline:
-        """The pipeline of ``source`` (default: PRELABEL_SOURCE)."""
+        """The pipeline of ``source`` (default: PRELABEL_SOURCE; a segmenter source uses SEGMENTER_PATH)."""
         source = source or self.settings.prelabel_source
-        if source not in self._pipelines:
+        return self._cached(source, lambda: self.build(source))
+
+    def promoted(self, weights_id: str, stored) -> Pipeline:
+        """The "segmenter" pipeline of a registry model (``db.registry``), loaded once per process:
+        ``stored()`` gives its (``.keras`` bytes, spec JSON) and is called only the first time."""
+
+        def build():
+            weights, spec_json = stored()
+            path = unpack_model(weights, spec_json, self.settings.model_cache_dir, f"segmenter-{weights_id}")
+            segmenter = self._model(f"segmenter:{weights_id}", lambda: Segmenter(load_segmenter(path), self.settings.batch_size))
+            return self.build("segmenter", segmenter)
+
+        return self._cached(f"segmenter:{weights_id}", build)
+
+    def _cached(self, key: str, build) -> Pipeline:
+        if key not in self._pipelines:
             with self._lock:
-                if source not in self._pipelines:
+                if key not in self._pipelines:
                     try:
-                        self._pipelines[source] = self._build(source)
+                        self._pipelines[key] = build()
                     except (ValueError, OSError) as exc:
                         raise ModelUnavailable(f"model could not be loaded: {exc}") from None
-        return self._pipelines[source]
+        return self._pipelines[key]
 
     def _model(self, name: str, load):
         if name not in self._models:
@@ -131,14 +146,14 @@ class Predictor:
             tf.config.experimental.set_memory_growth(gpu, True)
         return devices
 
-    def _build(self, source: str) -> Pipeline:
+    def build(self, source: str, segmenter: Segmenter | None = None) -> Pipeline:
+        """A new pipeline of ``source``; a segmenter source uses ``segmenter`` or else SEGMENTER_PATH's."""
         devices = self._model("gpus", self._gpus)
         loaded = self._model("classifier", lambda: load_classifier(self.settings.model_path))
         model = loaded.model
         if self.settings.mixed_precision:
             model = self._model("classifier-fp16", lambda: with_mixed_precision(loaded.model))
-        segmenter = None
-        if source_named(source).needs_segmenter:
+        if segmenter is None and source_named(source).needs_segmenter:
             segmenter = self._model(
                 "segmenter", lambda: Segmenter(load_segmenter(self.settings.segmenter_path), self.settings.batch_size)
             )

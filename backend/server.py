@@ -5,6 +5,10 @@ model is loaded once per worker. `main` first checks the settings and opens (and
 database: a problem there is one ``error: ...`` line and exit code 2, before gunicorn starts.
 Settings: BACKEND_HOST (127.0.0.1), BACKEND_PORT (9090), BACKEND_WORKERS (1), BACKEND_THREADS
 (4), BACKEND_TIMEOUT (seconds, 300), plus those of backend.config.
+
+``labeler-backend worker`` runs only the training job runner (``backend.jobs``), in the
+foreground and without HTTP: a machine (a GPU one, say) that trains the projects' segmenters for
+backends that run with TRAINING=0, all on one database.
 """
 from __future__ import annotations
 
@@ -47,6 +51,10 @@ def main():
 
     from db.migrating import open_database
 
+    worker = sys.argv[1:] == ["worker"]
+    if sys.argv[1:] and not worker:
+        print(f"error: unknown argument {sys.argv[1]!r} (labeler-backend [worker])", file=sys.stderr)
+        sys.exit(2)
     try:
         settings = Settings.from_env()
         prelabel_settings(settings)
@@ -56,6 +64,9 @@ def main():
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if worker:
+        _train_forever(settings)
+        return
     env = os.environ
     # Every worker writes its metrics here and /metrics adds them up (backend.metrics); set before
     # the workers import prometheus_client, emptied so that no earlier run's counts are added.
@@ -76,3 +87,18 @@ def main():
             "child_exit": _worker_exited,
         }
     ).run()
+
+
+def _train_forever(settings) -> None:
+    """The training job runner alone, until Ctrl-C / SIGTERM."""
+    import signal
+
+    from backend.app import Backend
+
+    backend = Backend(settings)
+    signal.signal(signal.SIGTERM, lambda *_: backend.runner.stop())
+    logging.getLogger(__name__).info("training worker %s waiting for jobs", backend.runner.worker)
+    try:
+        backend.runner.loop()
+    except KeyboardInterrupt:
+        pass

@@ -9,6 +9,7 @@ from explain.labelstudio.configs import image_data_key, task_image_uri
 from backend.predict import BadRequest, parse_id, parse_project_id
 from db import repository
 
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 HANDLED = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
            "TASKS_DELETED", "PROJECT_UPDATED")
 
@@ -21,7 +22,7 @@ def handle_event(session, body: dict, label_studio: str = "") -> dict:
         raise BadRequest("webhook body needs an 'action'")
     if action not in HANDLED:
         return {"status": "ignored", "action": action}
-    project_id = _project_id(body)
+    project_id = webhook_project_id(body)
     fields = _project_fields(body.get("project")) if action == "PROJECT_UPDATED" else {}
     project = repository.upsert_project(session, project_id, label_studio=label_studio, **fields)
     if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
@@ -47,7 +48,8 @@ def handle_event(session, body: dict, label_studio: str = "") -> dict:
     return {"status": "ok"}
 
 
-def _project_id(body) -> int:
+def webhook_project_id(body) -> int:
+    """The Label Studio project id of a webhook payload (BadRequest when it has none)."""
     project = body.get("project")
     value = project.get("id") if isinstance(project, dict) else project
     if value is None:

@@ -24,7 +24,7 @@ What runs, in one process (the classifier's training and the benchmark's own too
 6. the trivial pre-labels "whole lung" (each image's ``lungs/<id>.png``) and "empty", scored by the
    same code as the methods on val and test of each strength (``trivial_scores``), and the
    benchmark's own ``baselines.py --trivial lung|center|empty`` on test as a cross-check;
-7. per pre-labeller: the edit fraction (``labeler.agreement.edit_fraction``: pixels to erase +
+7. per pre-labeller: the edit fraction (``models.agreement.edit_fraction``: pixels to erase +
    pixels to paint over true pixels, mean over opacity images; 1.0 = no gain over drawing from
    scratch), Dice / IoU (means over opacity images, an empty prediction scores 0), pointing game,
    and the false-positive area on clear images, on val and test. The chosen map-only setting is the
@@ -335,7 +335,7 @@ def score(preds, gts, labels, heatmaps=None, lungs=None) -> dict:
     heatmaps : optional sequence of (h, w) float maps, one per image (pointing game);
     lungs : optional sequence of (H, W) bool lung masks, one per image (None for an image without one).
     Returns dice, iou (means over opacity images; an empty prediction scores 0), edit (mean over
-    opacity images of ``labeler.agreement.edit_fraction``: (false-positive + false-negative
+    opacity images of ``models.agreement.edit_fraction``: (false-positive + false-negative
     pixels) / true pixels, 1.0 = no gain over drawing from scratch, lower is better), point (share
     of opacity images whose map's argmax lies in the truth; NaN without maps), fp (mean fraction
     of the image predicted on clear images), fp_lung (mean predicted pixels / lung pixels on the
@@ -343,7 +343,7 @@ def score(preds, gts, labels, heatmaps=None, lungs=None) -> dict:
     predicted pixel: the edit fraction of a clear image is 1 or 0 exactly as this), n_opacity,
     n_clear and n_clear_lung.
     """
-    from labeler.agreement import edit_fraction
+    from models.agreement import edit_fraction
 
     dice, iou, edit, point, fp, fp_lung, fp_any = [], [], [], [], [], [], []
     for n, (pred, gt, label) in enumerate(zip(preds, gts, labels)):
@@ -658,7 +658,7 @@ def report(res: dict, args: argparse.Namespace) -> str:
         "when it predicts clear (a negative class gets no regions). Maps are those of the opacity class (the "
         "predicted class's whenever a mask is drawn); the pointing game uses them on every opacity image.",
         "",
-        "**edit** (the annotator's effort, `labeler.agreement.edit_fraction`): per opacity image, (pixels to erase + "
+        "**edit** (the annotator's effort, `models.agreement.edit_fraction`): per opacity image, (pixels to erase + "
         "pixels to paint) / true lesion pixels, averaged over the opacity images; 1.000 = no gain over drawing the "
         "lesion from scratch (what the *empty* pre-label scores), above 1 = worse than nothing, lower is better. "
         "On a clear image the edit fraction is 1 when anything is drawn, else 0: that is the fp_any column. "

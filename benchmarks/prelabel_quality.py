@@ -22,7 +22,7 @@ model", a lung segmenter trained by ``labeler train-segmenter`` on the TRAIN pat
 equal to the backend's own gating. Baselines: the true lung mask ("whole lung") and "empty".
 
 Columns: Dice (mean over lesion images, an empty prediction scores 0); edit fraction (mean over
-lesion images of (FP + FN) / truth pixels, ``labeler.agreement.edit_fraction``); fp (mean fraction
+lesion images of (FP + FN) / truth pixels, ``models.agreement.edit_fraction``); fp (mean fraction
 of the image pre-labelled on normal / clear images); fp/lung (the same relative to the image's lung
 area). The product default is the setting a product can run (ROI none or roi model) with the lowest
 edit fraction (tie: Dice) on the strength-5 bench's VALIDATION split, shown on val and test of every
@@ -217,7 +217,7 @@ def lung_roi_model(kind: str, strength: float = 5.0, *, epochs: int = ROI_EPOCHS
 
 def score(preds, items) -> dict:
     """dice, edit (means over lesion images), fp, fp_lung (means over clear images), counts."""
-    from labeler.agreement import edit_fraction
+    from models.agreement import edit_fraction
 
     dice, edit, fp, fp_lung = [], [], [], []
     for pred, it in zip(preds, items):

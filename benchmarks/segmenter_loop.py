@@ -25,7 +25,7 @@ out the test patients.
 
 Every table carries the trivial pre-labels "whole lung" (each image's lung mask) and "empty"
 (nothing) first, scored by ``cam_quality.score`` like the sources: Dice, IoU and the edit fraction
-(``labeler.agreement.edit_fraction``, mean over the images with a lesion; 1.0 = no gain over
+(``models.agreement.edit_fraction``, mean over the images with a lesion; 1.0 = no gain over
 drawing from scratch) on lesion images, and on clear (normal) images the predicted area as a
 fraction of the image and of the image's lungs. Lung masks: the bench's ``lungs/<id>.png``; for
 the real data the manifest's ``lung_mask_file`` (``lungs/<id>.png``, the seeds' ``seed/*__lungs.png``),
@@ -286,7 +286,7 @@ def report(results: dict, args, seconds: float) -> str:
         "lung masks only, never lesions); *segmenter, map shape* is the segmenter's map cut as is (`CAM_SHAPE=map`). "
         "Every mask is what the backend would send (regions after hole filling and small-region removal).",
         "",
-        "Columns, on the test images: **edit** = the annotator's effort (`labeler.agreement.edit_fraction`): "
+        "Columns, on the test images: **edit** = the annotator's effort (`models.agreement.edit_fraction`): "
         "(pixels to erase + pixels to paint) / true lesion pixels, mean over the images with a lesion; 1.000 = no "
         "gain over drawing from scratch (the *empty* row), above 1 = worse than nothing, lower is better. Dice / IoU: "
         "means over the images with a lesion (empty prediction = 0). On the clear (normal) test images: fp image = "

@@ -624,6 +624,15 @@ def get_link(session: Session, project_key: str) -> LabelStudioLink | None:
     return session.scalars(select(LabelStudioLink).where(LabelStudioLink.project_key == project_key)).first()
 
 
+def link_of_project(session: Session, project: Project) -> LabelStudioLink | None:
+    """The newest link /setup recorded for ``project`` (its keys are "<id>.<epoch>")."""
+    return session.scalars(
+        select(LabelStudioLink)
+        .where(LabelStudioLink.project_key.like(f"{project.ls_project_id}.%"), LabelStudioLink.label_studio == project.label_studio)
+        .order_by(LabelStudioLink.updated_at.desc())
+    ).first()
+
+
 def save_link(session: Session, project_key: str, label_studio: str, url: str, token: str | None) -> LabelStudioLink:
     """Record (or replace) the Label Studio base URL and token of one Label Studio project."""
     link = get_link(session, project_key)

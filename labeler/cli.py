@@ -402,7 +402,10 @@ def prelabel(
     min_area: MinArea = 0.001,
     max_vertices: MaxVertices = 64,
     min_probability: MinProbability = 0.0,
-    source: SourceOption = "gradcam",
+    source: Annotated[
+        Optional[str], typer.Option("--source", help="Where regions come from (default: the project's promoted segmenter "
+                                    "when it has one, else gradcam): " + "; ".join(f"{n}: {s.summary}" for n, s in SOURCES.items()) + ".")
+    ] = None,
     segmenter: SegmenterOption = None,
     segmenter_threshold: SegmenterThreshold = "value:0.5",
     roi_model: RoiModelOption = None,
@@ -416,8 +419,17 @@ def prelabel(
 ):
     """Pre-label every task without a prediction of this model version (resumable) and report throughput."""
     from labeler.prelabeling import prelabel_project
+    from labeler.training import promoted_segmenter
 
     ws = Workspace(label_studio_url, api_key, project, database_url)
+    if source is None:
+        promoted = promoted_segmenter(ws) if segmenter is None else None
+        source = "segmenter" if promoted or segmenter is not None else "gradcam"
+        if promoted:
+            segmenter = promoted[1]
+            errors.print(f"note: pre-labelling with the project's promoted segmenter #{promoted[0]} (--source gradcam: Grad-CAM)", markup=False, highlight=False)
+    elif source not in SOURCES:
+        raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
     settings = prelabel_settings(
         method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold,
         min_probability=min_probability, shape=shape,
@@ -437,6 +449,90 @@ def prelabel(
     )
     if report.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends (exit 1 when it fails).")] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="With --wait: give up after this many seconds.")] = 3600,
+    label_studio_url: LabelStudioUrl = None,
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
+):
+    """Queue a segmenter training on the project's corrected masks (run by the backend or `labeler-backend worker`)."""
+    from labeler.training import queue_training, wait_for
+
+    ws = Workspace(label_studio_url, None, project, database_url)
+    job, created = queue_training(ws)
+    console.print(f"training job {job.id} {'queued' if created else 'was already queued'} for project {ws.project_id}")
+    if not wait:
+        return
+    final = wait_for(ws, job.id, timeout, lambda v: console.print(f"job {v.id}: {v.state}" + (f", {v.progress}" if v.progress else ""), markup=False))
+    console.print(f"job {final.id} {final.state}: {final.message}", markup=False)
+    if final.state == "failed":
+        raise typer.Exit(1)
+
+
+models_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, help="A project's trained segmenters: list, promote, roll back.")
+app.add_typer(models_app, name="models")
+
+
+def _score(metrics: dict, who: str) -> str:
+    values = metrics.get(who) or {}
+    edit, dice = values.get("edit"), values.get("dice")
+    return "-" if edit is None else f"{edit:.3f} / " + ("-" if dice is None else f"{dice:.3f}")
+
+
+@models_app.command("list")
+def models_list(
+    label_studio_url: LabelStudioUrl = None,
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
+):
+    """The project's segmenters (newest first), which one pre-labels, and the recent training jobs."""
+    from labeler.training import project_models
+
+    models, jobs, current = project_models(Workspace(label_studio_url, None, project, database_url))
+    table = Table("", "model", "trained", "weights", "train/val/test", "edit / Dice", "before: edit / Dice", "verdict")
+    for m in models:
+        counts = "/".join(str(m.counts.get(k, 0)) for k in ("train", "val", "test"))
+        table.add_row(
+            "*" if m.current else "", str(m.id), f"{m.created_at:%Y-%m-%d %H:%M}", m.weights_id, counts,
+            _score(m.metrics, "candidate"), _score(m.metrics, "incumbent"), m.verdict,
+        )
+    console.print(table)
+    console.print(f"pre-labels come from: {'segmenter #' + str(current) if current else 'Grad-CAM (no promoted segmenter)'}")
+    runs = Table("job", "state", "asked by", "queued", "progress / result")
+    for j in jobs:
+        runs.add_row(str(j.id), j.state, j.trigger, f"{j.requested_at:%Y-%m-%d %H:%M:%S}", j.message or j.progress or "")
+    console.print(runs)
+
+
+@models_app.command("promote")
+def models_promote(
+    model_id: Annotated[int, typer.Argument(help="The model's number in `labeler models list`.")],
+    label_studio_url: LabelStudioUrl = None,
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
+):
+    """Make one of the project's segmenters its pre-label source (the backend switches at its next request)."""
+    from labeler.training import promote
+
+    promote(Workspace(label_studio_url, None, project, database_url), model_id)
+    console.print(f"segmenter #{model_id} now pre-labels project {project}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    label_studio_url: LabelStudioUrl = None,
+    project: ProjectId = None,
+    database_url: DatabaseUrl = DEFAULT_DATABASE,
+):
+    """Go back to the pre-label source before the current one (a segmenter, or Grad-CAM)."""
+    from labeler.training import rollback
+
+    now = rollback(Workspace(label_studio_url, None, project, database_url))
+    console.print(f"rolled back: pre-labels now come from {'segmenter #' + str(now) if now else 'Grad-CAM'}")
 
 
 @app.command()

@@ -25,11 +25,9 @@ put together into data.npz at the end). `export_project` is the whole command.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 import tempfile
-import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -43,18 +41,17 @@ import numpy as np
 
 from db.engine import safe_url
 from explain.images import load_image, to_uint8
-from explain.labelstudio.results import REGION_TYPES, result_choices, results_to_masks
+from db.corrected import Annotation, TaskRecord, chosen_annotations, read_tasks
+from explain.labelstudio.results import REGION_TYPES, label_masks, result_choices
+from models.splits import SPLIT_NAMES, patient_key, split_of
 
 FORMATS = ("png", "coco", "npz")
 ANNOTATOR_MODES = ("latest", "majority")
-SPLIT_NAMES = ("train", "val", "test")
-PATIENT_KEYS = ("patient_id", "patient")
 MANIFEST_COLUMNS = (
     "task_id", "image_file", "mask_file", "width", "height", "original_width", "original_height",
     "choice", "annotators", "annotation_ids", "patient", "split", "prediction_file", "model_version",
 )
 MARKER = "export.json"
-_REGION_TAGS = {"BrushLabels", "PolygonLabels", "RectangleLabels"}
 
 
 @dataclass(frozen=True)
@@ -97,133 +94,7 @@ def parse_split(text: str) -> tuple[float, float, float]:
     return tuple(values)  # type: ignore[return-value]
 
 
-def split_of(patient: str, seed: int, fractions: tuple[float, float, float]) -> str:
-    """The split of a patient: sha256("<seed>:<patient>") as a number in [0, 1) against the
-    cumulative fractions. Depends on nothing else, so a patient keeps its split when later
-    exports add tasks or patients (no test patient drifts into train)."""
-    digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    edge = 0.0
-    for name, fraction in zip(SPLIT_NAMES, fractions):
-        edge += fraction
-        if u < edge:
-            return name
-    return next(n for n, f in zip(reversed(SPLIT_NAMES), reversed(fractions)) if f > 0)
-
-
-def patient_key(data: dict | None, ls_task_id: int) -> str:
-    """``patient_id`` or ``patient`` of the task data; else the task is its own patient."""
-    for key in PATIENT_KEYS:
-        value = (data or {}).get(key)
-        if value not in (None, ""):
-            return str(value)
-    return f"task-{ls_task_id}"
-
-
-def config_labels(label_config: str | None) -> set[str]:
-    """Label values of the BrushLabels / PolygonLabels / RectangleLabels tags of a labelling config."""
-    if not label_config:
-        return set()
-    try:
-        root = ET.fromstring(label_config)
-    except ET.ParseError:
-        return set()
-    return {
-        label.get("value")
-        for tag in root.iter()
-        if tag.tag in _REGION_TAGS
-        for label in tag.iter("Label")
-        if label.get("value")
-    }
-
-
-# --- reading the database ----------------------------------------------------------------------
-
-
-@dataclass
-class Annotation:
-    ls_annotation_id: int
-    completed_by: int | None
-    result: list[dict]
-    order: tuple  # sort key: most recently updated last
-
-
-@dataclass
-class TaskRecord:
-    ls_task_id: int
-    image_uri: str
-    width: int | None
-    height: int | None
-    annotations: list[Annotation]
-    prediction: list[dict] | None = None
-    model_version: str = ""
-
-
-def read_tasks(
-    session, ls_project_id: int, predictions: bool = False, label_studio: str | None = None
-) -> tuple[list[TaskRecord], set[str]]:
-    """Live tasks with at least one current, not cancelled annotation (by task id), and the
-    labels of the project's labelling config; ``label_studio`` names the project's Label Studio
-    (see `db.repository.get_project`)."""
-    from db.repository import current_annotations, get_project, latest_prediction
-
-    project = get_project(session, ls_project_id, label_studio)
-    if project is None:
-        raise ValueError(f"project {ls_project_id} is not in the database: run `labeler sync` (or connect the backend) first")
-    tasks: dict[int, TaskRecord] = {}
-    for revision in current_annotations(session, project):
-        if revision.was_cancelled or revision.result is None:
-            continue
-        task = revision.task
-        record = tasks.setdefault(
-            task.ls_task_id, TaskRecord(task.ls_task_id, task.image_uri, task.width, task.height, [])
-        )
-        stamp = revision.ls_updated_at or revision.ls_created_at or revision.received_at
-        order = (stamp.timestamp() if stamp else 0.0, revision.id)
-        record.annotations.append(Annotation(revision.ls_annotation_id, revision.completed_by, revision.result, order))
-    if predictions:
-        for record in tasks.values():
-            prediction = latest_prediction(session, project, record.ls_task_id)
-            if prediction is not None:
-                record.prediction = list(prediction.results or [])
-                record.model_version = prediction.model_version.name
-    return [tasks[k] for k in sorted(tasks)], config_labels(project.label_config)
-
-
 # --- masks --------------------------------------------------------------------------------------
-
-
-def label_masks(results: list[dict], height: int, width: int, fallback: tuple[int | None, int | None]) -> dict[str, np.ndarray]:
-    """{label: (height, width) bool} of a result list: each region at its own original size
-    (``original_width/height``, else `fallback` (the task row's), else the image's), resized
-    (nearest) to the image where that differs."""
-    groups: dict[tuple[int, int], list[dict]] = {}
-    for result in results or []:
-        if result.get("type") not in REGION_TYPES:
-            continue
-        w = int(result.get("original_width") or fallback[0] or width)
-        h = int(result.get("original_height") or fallback[1] or height)
-        groups.setdefault((w, h), []).append(result)
-    masks: dict[str, np.ndarray] = {}
-    for (w, h), group in groups.items():
-        for label, mask in results_to_masks(group, w, h).items():
-            if mask.shape != (height, width):
-                mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
-            masks[label] = masks[label] | mask if label in masks else mask
-    return masks
-
-
-def chosen_annotations(annotations: list[Annotation], mode: str) -> list[Annotation]:
-    """The annotations `combine` uses, oldest first: the most recently updated one ("latest"),
-    or each annotator's most recently updated one ("majority")."""
-    ordered = sorted(annotations, key=lambda a: a.order)
-    if mode == "latest":
-        return [ordered[-1]]
-    per_annotator: dict[Any, Annotation] = {}
-    for annotation in ordered:  # later ones replace earlier ones of the same annotator
-        key = annotation.completed_by if annotation.completed_by is not None else f"a{annotation.ls_annotation_id}"
-        per_annotator[key] = annotation
-    return sorted(per_annotator.values(), key=lambda a: a.order)
 
 
 def result_labels(results: list[dict] | None) -> set[str]:

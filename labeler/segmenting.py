@@ -18,7 +18,7 @@ import numpy as np
 from explain.images import load_image, to_uint8
 from explain.regions import resize_heatmap
 from explain.regions import RegionSettings, Threshold, extract_regions
-from labeler.agreement import dice, edit_fraction, iou
+from models.agreement import dice, edit_fraction, iou
 from models.datasets import export_labels, export_rows
 
 
@@ -124,7 +124,7 @@ class LabelScores:
     """Scores of one label over a split. Dice / IoU are means over the tasks whose corrected mask
     has the label (an empty prediction scores 0); fp is the mean fraction of pixels predicted on
     tasks without it, fp_any the share of those with any pixel predicted; edit is the mean edit
-    fraction (`labeler.agreement.edit_fraction`) over every task, with or without the label."""
+    fraction (`models.agreement.edit_fraction`) over every task, with or without the label."""
 
     label: str
     tasks: int
@@ -261,11 +261,8 @@ def train_on_export(
     is read as one train split of the one label ``label``, of which ``val_fraction`` (default 0.2)
     of the images, seeded, validate.
     """
-    import keras
-
     from models.loading import save_model, weights_version
-    from models.segmentation import train_segmenter
-    from models.unet import build_unet
+    from models.segmentation import fit_unet
 
     if out.suffix not in (".keras", ".h5"):
         raise ValueError(f"--out must end in .keras or .h5, got {out.name!r}")
@@ -291,11 +288,9 @@ def train_on_export(
         default = 0.15 if export else 0.2
         fit, held = carve_validation(len(images), default if val_fraction is None else val_fraction, seed)
         images, masks, val_images, val_masks = images[fit], masks[fit], images[held], masks[held]
-    keras.utils.set_random_seed(seed)  # the initial weights too, so that --seed reproduces a run
-    model, spec = build_unet(tuple(train.labels), (size, size), filters=tuple(filters))
-    report = train_segmenter(
-        model, spec, images, masks, val_images, val_masks, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, seed=seed, augment=augment, verbose=verbose,
+    model, spec, report = fit_unet(
+        train.labels, images, masks, val_images, val_masks, size=size, filters=filters, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate, seed=seed, augment=augment, verbose=verbose,
     )
     save_model(model, spec, out)
     return SegmenterTraining(report, weights_version(model), len(images), len(val_images), list(train.labels))

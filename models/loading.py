@@ -4,6 +4,7 @@ Classifiers and segmenters share the mechanism; the spec's ``kind`` says which o
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from models.spec import ModelSpec, load_spec, save_spec
+from models.spec import ModelSpec, load_spec, save_spec, spec_path
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,28 @@ def save_model(model: keras.Model, spec: ModelSpec, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     save_spec(spec, path)
+    return path
+
+
+def model_file_bytes(model: keras.Model) -> bytes:
+    """The ``.keras`` file of ``model`` as bytes (what a model registry stores)."""
+    with tempfile.TemporaryDirectory(prefix="labeler-model-") as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def unpack_model(weights: bytes, spec_json: str, folder: str | Path, name: str) -> Path:
+    """Write a stored model (its ``.keras`` bytes and spec JSON) as ``folder/<name>.keras`` with its
+    spec beside it, once (an existing, complete copy is reused); returns the model's path."""
+    path = Path(folder) / f"{name}.keras"
+    spec = spec_path(path)
+    if not (path.is_file() and spec.is_file()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for target, data in ((path, weights), (spec, spec_json.encode())):
+            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, target)  # atomic: another process never reads half a file
     return path
 
 

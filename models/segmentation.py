@@ -74,11 +74,13 @@ def train_segmenter(
     seed: int = 0,
     augment: bool = True,
     verbose: int = 1,
+    callbacks=(),
 ) -> SegmenterReport:
     """Fit ``model`` in place with BCE + Dice loss, keeping the epoch with the best validation loss.
 
     images : (N, H, W, 3) uint8 RGB at ``spec.input_size``; masks : (N, H, W, L) 0/1 with L =
-    ``len(spec.class_names)``. The validation pair, when given, has the same layout.
+    ``len(spec.class_names)``. The validation pair, when given, has the same layout; ``callbacks``
+    are more Keras callbacks (e.g. progress reports).
     """
     images, masks = _check_pair(spec, images, masks, "")
     validation = None
@@ -115,7 +117,7 @@ def train_segmenter(
     history = model.fit(
         dataset(images, masks, True),
         validation_data=dataset(*validation, False) if validation else None,
-        epochs=epochs, verbose=verbose, callbacks=keep_best if validation else [],
+        epochs=epochs, verbose=verbose, callbacks=(keep_best if validation else []) + list(callbacks),
     )
     values = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     best = int(np.argmin(values["val_loss"])) if validation else len(values["loss"]) - 1
@@ -126,6 +128,26 @@ def train_segmenter(
         val_dice=values["val_hard_dice"][best] if validation else None,
         history=values,
     )
+
+
+def fit_unet(
+    labels, images: np.ndarray, masks: np.ndarray, val_images: np.ndarray | None, val_masks: np.ndarray | None, *,
+    size: int = 128, filters: tuple[int, ...] = (16, 32, 64, 128), epochs: int = 30, batch_size: int = 8,
+    learning_rate: float = 1e-3, seed: int = 0, augment: bool = True, verbose: int = 2, callbacks=(),
+) -> tuple[keras.Model, ModelSpec, SegmenterReport]:
+    """A new U-Net (``models.unet``) for ``labels`` at ``size`` x ``size``, trained by
+    ``train_segmenter`` on the (N, size, size, 3) uint8 images and (N, size, size, len(labels)) 0/1
+    masks; ``seed`` fixes the initial weights too, so that a run is reproduced. What ``labeler
+    train-segmenter`` and the backend's training jobs both call."""
+    from models.unet import build_unet
+
+    keras.utils.set_random_seed(seed)
+    model, spec = build_unet(tuple(labels), (size, size), filters=tuple(filters))
+    report = train_segmenter(
+        model, spec, images, masks, val_images, val_masks, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, seed=seed, augment=augment, verbose=verbose, callbacks=callbacks,
+    )
+    return model, spec, report
 
 
 def _check_pair(spec: ModelSpec, images, masks, prefix: str) -> tuple[np.ndarray, np.ndarray]:

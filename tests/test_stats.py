@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from db import repository as repo
 from explain.labelstudio.results import brush_result, choices_result, polygon_result, region_mask
-from labeler import agreement
+from models import agreement
 from labeler.cli import app
 from labeler.stats.pictures import FINAL_COLOUR, PRED_COLOUR
 from labeler.workspace import Workspace

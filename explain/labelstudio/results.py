@@ -10,6 +10,7 @@ import math
 import secrets
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 import skimage.draw
@@ -214,3 +215,23 @@ def _check_size(width: int, height: int) -> None:
 
 def _percent(pixels: float, size: int) -> float:
     return round(float(pixels) / size * 100, 4)
+
+
+def label_masks(results: list[dict], height: int, width: int, fallback: tuple[int | None, int | None]) -> dict[str, np.ndarray]:
+    """{label: (height, width) bool} of a result list: each region at its own original size
+    (``original_width/height``, else `fallback` (the task row's), else the image's), resized
+    (nearest) to the image where that differs."""
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for result in results or []:
+        if result.get("type") not in REGION_TYPES:
+            continue
+        w = int(result.get("original_width") or fallback[0] or width)
+        h = int(result.get("original_height") or fallback[1] or height)
+        groups.setdefault((w, h), []).append(result)
+    masks: dict[str, np.ndarray] = {}
+    for (w, h), group in groups.items():
+        for label, mask in results_to_masks(group, w, h).items():
+            if mask.shape != (height, width):
+                mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+            masks[label] = masks[label] | mask if label in masks else mask
+    return masks

@@ -17,8 +17,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from explain.labelstudio.results import REGION_TYPES, result_choices, results_to_masks
-from labeler import agreement
-from labeler.agreement import edit_fraction_of
+from models import agreement
+from models.agreement import edit_fraction_of
 
 NAN = float("nan")
 
@@ -69,7 +69,7 @@ class AnnotationStats:
     @property
     def edit_fraction(self) -> float | None:
         """(pixels added + pixels removed) from pre-label to final over the final's pixels
-        (`labeler.agreement.edit_fraction`); None without a pre-label."""
+        (`models.agreement.edit_fraction`); None without a pre-label."""
         if self.pixels_added is None or self.pixels_removed is None or self.final_pixels is None:
             return None
         return edit_fraction_of(self.pixels_added + self.pixels_removed, self.final_pixels)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from labeler import agreement
+from models import agreement
 from labeler.stats.collect import region_masks
 
 THUMB_SIZE = 160

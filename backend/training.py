@@ -1,0 +1,283 @@
+"""One training job: a U-Net on a project's corrected masks, scored against the project's current
+pre-labeller on held-out masks, registered, and promoted only when it does better.
+
+The data are what ``labeler export`` reads (``db.corrected``: every live task's latest current,
+not cancelled annotation), split by patient exactly as the export splits them
+(``models.splits``, seed 0, 70 / 15 / 15): the U-Net trains on train, keeps its best epoch on val
+(or on 15 % of train when val is empty), and never sees test. Both models then pre-label the test
+tasks through the backend's own pipeline (classifier, anatomy prior, region shape, labelling
+plan: exactly what an annotator would get), and the answers are rasterised and compared with the
+corrected masks. The candidate is promoted when its mean edit fraction (pixels to paint + pixels
+to erase, over the true lesion's pixels) is lower than the incumbent's; a tie or a regression keeps
+the incumbent, and the verdict says so.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.config import Settings
+from backend.predictor import Pipeline, Predictor
+from db import registry
+from db.corrected import chosen_annotations, read_tasks
+from db.schema import Project
+from explain.images import to_uint8
+from explain.labelstudio.configs import plan_for
+from explain.labelstudio.fetch import ImageFetcher
+from explain.labelstudio.results import label_masks, result_labels
+from explain.service import PrelabelService
+from models.agreement import dice, edit_fraction
+from models.loading import load_segmenter, model_file_bytes, unpack_model, weights_version
+from models.segmentation import Segmenter, fit_unet
+from models.splits import patient_key, split_of
+
+log = logging.getLogger(__name__)
+
+SPLIT = (0.7, 0.15, 0.15)
+SEED = 0
+BATCH = 8  # images read and pre-labelled at a time: memory stays that of a few images
+
+
+class Cancelled(Exception):
+    """The job was taken from this worker (its heartbeat was too late); stop without storing."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One corrected task: its Label Studio id, image URI, patient key, size from the database
+    (None where unknown) and its latest annotation's results."""
+
+    task_id: int
+    uri: str
+    patient: str
+    size: tuple[int | None, int | None]
+    results: list[dict]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a job ends with: ``message`` (one line) and the registered model's id, when one was
+    trained; ``kind`` is "promoted", "kept" or "not_trained" (the metrics count them)."""
+
+    kind: str
+    message: str
+    segmenter_id: int | None = None
+
+
+def corrected_examples(session, project) -> tuple[list[Example], list[str]]:
+    """The project's corrected tasks and the sorted region labels (the config's and any drawn)."""
+    records, config_labels = read_tasks(session, project.ls_project_id, label_studio=project.label_studio)
+    examples, labels = [], set(config_labels)
+    for record in records:
+        latest = chosen_annotations(record.annotations, "latest")[0]
+        labels |= result_labels(latest.result)
+        examples.append(Example(
+            record.ls_task_id, record.image_uri, patient_key(None, record.ls_task_id),
+            (record.width, record.height), latest.result,
+        ))
+    return examples, sorted(labels)
+
+
+def split_examples(examples: list[Example]) -> dict[str, list[Example]]:
+    """{"train", "val", "test"} -> examples, by patient (as ``labeler export`` splits)."""
+    splits: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
+    for example in examples:
+        splits[split_of(example.patient, SEED, SPLIT)].append(example)
+    return splits
+
+
+def _tasks(examples: list[Example], data_key: str) -> list[dict]:
+    return [{"id": e.task_id, "data": {data_key: e.uri}} for e in examples]
+
+
+def _truth(example: Example, height: int, width: int, labels: list[str]) -> dict[str, np.ndarray]:
+    masks = label_masks(example.results, height, width, example.size)
+    return {label: masks.get(label, np.zeros((height, width), bool)) for label in labels}
+
+
+class ProjectTrainer:
+    """Runs jobs for one backend process: ``predictor`` gives the pipelines (the classifier, the
+    prior, the shape step), ``fetcher_for(project)`` an image fetcher for the project's Label
+    Studio, ``sessions`` the database."""
+
+    def __init__(self, settings: Settings, predictor: Predictor, sessions, fetcher_for: Callable[[object], ImageFetcher]):
+        self.settings = settings
+        self.predictor = predictor
+        self.sessions = sessions
+        self.fetcher_for = fetcher_for
+
+    def run(self, project_row_id: int, job_id: int | None, progress: Callable[[str], None]) -> Outcome:
+        """Train, score and maybe promote for the project with database id ``project_row_id``;
+        ``progress(text)`` is told what happens and raises Cancelled when the job was lost."""
+        settings = self.settings
+        with self.sessions() as session:
+            project = session.get(Project, project_row_id)
+            examples, labels = corrected_examples(session, project)
+            config = project.label_config
+            incumbent = registry.current_segmenter(session, project)
+            incumbent_ref = (incumbent.id, incumbent.weights_id) if incumbent else None
+        if not config:
+            raise ValueError("no labelling config is stored for this project: connect the backend to it first")
+        if len(examples) < settings.train_min_tasks:
+            return Outcome("not_trained", f"not trained: {len(examples)} corrected task(s), TRAIN_MIN_TASKS is {settings.train_min_tasks}")
+        splits = split_examples(examples)
+        if not splits["test"] or not splits["train"]:
+            return Outcome("not_trained", f"not trained: no held-out patients yet ({len(splits['train'])} train, {len(splits['test'])} test tasks)")
+        if not labels:
+            return Outcome("not_trained", "not trained: the labelling config has no region labels and none are drawn")
+        fetcher = self.fetcher_for(project)
+        gradcam = self.predictor.get("gradcam")
+        plan = plan_for(config, gradcam.class_names, settings.label_map)
+
+        progress(f"reading {len(splits['train']) + len(splits['val'])} images")
+        train = self._arrays(splits["train"], labels, plan, fetcher, gradcam)
+        val = self._arrays(splits["val"], labels, plan, fetcher, gradcam) if splits["val"] else None
+        model, spec, report = self._fit(train, val, labels, progress)
+
+        weights = model_file_bytes(model)
+        weights_id = weights_version(model)
+        path = unpack_model(weights, spec.to_json(), settings.model_cache_dir, f"segmenter-{weights_id}")
+        candidate = self.predictor.build("segmenter", Segmenter(load_segmenter(path), settings.batch_size))
+        if incumbent_ref is None:
+            current, current_name = gradcam, "gradcam"
+        else:
+            current = self.predictor.promoted(incumbent_ref[1], lambda: self._stored(incumbent_ref[0]))
+            current_name = f"segmenter #{incumbent_ref[0]}"
+        progress(f"scoring on {len(splits['test'])} held-out tasks")
+        scores = self._score(splits["test"], labels, config, fetcher, {"candidate": candidate, "incumbent": current})
+        new, old = scores["candidate"], scores["incumbent"]
+        if not new["n"]:
+            raise ValueError("no held-out image could be read")
+        better = new["edit"] < old["edit"] - 1e-9
+        verdict = (
+            f"{'promoted' if better else 'kept ' + current_name}: edit fraction {new['edit']:.3f} "
+            f"{'<' if better else 'is not below'} {old['edit']:.3f} of {current_name} on {new['n']} held-out task(s) "
+            f"(Dice {_text(new['dice'])} vs {_text(old['dice'])})"
+        )
+        data = {name: [e.task_id for e in part] for name, part in splits.items()}
+        training = {
+            "size": settings.train_size, "epochs": settings.train_epochs, "best_epoch": report.best_epoch,
+            "val_dice": report.val_dice, "labels": labels, "split": list(SPLIT), "seed": SEED,
+        }
+        with self.sessions.begin() as session:
+            project = session.get(Project, project_row_id)
+            row = registry.add_segmenter(
+                session, project, weights, weights_id, json.loads(spec.to_json()), training, data,
+                {**scores, "incumbent_name": current_name}, verdict, job_id=job_id,
+            )
+            if better:
+                registry.promote(session, project, row.id, "trained", note=verdict)
+            segmenter_id = row.id
+        return Outcome("promoted" if better else "kept", f"model #{segmenter_id} {verdict}", segmenter_id)
+
+    def _stored(self, segmenter_id: int) -> tuple[bytes, str]:
+        with self.sessions() as session:
+            row = registry.get_segmenter(session, segmenter_id)
+            return row.weights, _spec_json(row.spec)
+
+    def _arrays(self, examples, labels, plan, fetcher, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
+        """(N, size, size, 3) uint8 images and (N, size, size, labels) 0/1 masks; a task whose image
+        cannot be read is left out (its failure is logged without the path)."""
+        import cv2
+
+        size = self.settings.train_size
+        images, masks = [], []
+        service = PrelabelService(pipeline.prelabeler, pipeline.loaded.version, plan, fetcher)
+        for start in range(0, len(examples), BATCH):
+            part = examples[start:start + BATCH]
+            for example, outcome in zip(part, service.read(_tasks(part, plan.data_key))):
+                if outcome.failure:
+                    log.warning("training: %s left out (%s)", f"task {example.task_id}", outcome.failure[0])
+                    continue
+                image = to_uint8(outcome.image)
+                height, width = image.shape[:2]
+                truth = _truth(example, height, width, labels)
+                images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+                masks.append(np.stack(
+                    [cv2.resize(truth[label].astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) for label in labels],
+                    axis=-1,
+                ))
+        if not images:
+            raise ValueError("no training image could be read")
+        return np.stack(images), np.stack(masks)
+
+    def _fit(self, train, val, labels, progress):
+        import keras
+
+        epochs = self.settings.train_epochs
+        images, masks = train
+        if val is None or len(val[0]) == 0:  # as train-segmenter: 15 % of train validates
+            order = np.random.default_rng(SEED).permutation(len(images))
+            held = order[: max(1, round(0.15 * len(images)))] if len(images) > 1 else order[:0]
+            fit = np.setdiff1d(order, held)
+            val = (images[held], masks[held])
+            images, masks = images[fit], masks[fit]
+
+        class Report(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                progress(f"epoch {epoch + 1}/{epochs}, val loss {float((logs or {}).get('val_loss', float('nan'))):.3f}")
+
+        progress(f"training on {len(images)} images, validating on {len(val[0])}")
+        return fit_unet(
+            labels, images, masks, val[0] if len(val[0]) else None, val[1] if len(val[0]) else None,
+            size=self.settings.train_size, epochs=epochs, seed=SEED, verbose=0, callbacks=[Report()],
+        )
+
+    def _score(self, examples, labels, config, fetcher, pipelines: dict[str, Pipeline]) -> dict[str, dict]:
+        """Per pipeline: mean edit fraction over the tasks, mean Dice over tasks with a lesion, and
+        the mean predicted area on tasks without one (fraction of the image); ``n`` tasks scored."""
+        per = {name: {"edit": [], "dice": [], "fp": []} for name in pipelines}
+        services = {
+            name: PrelabelService(p.prelabeler, p.loaded.version, plan_for(config, p.class_names, self.settings.label_map), fetcher)
+            for name, p in pipelines.items()
+        }
+        for start in range(0, len(examples), BATCH):
+            part = examples[start:start + BATCH]
+            first = next(iter(services.values()))
+            read = first.read(_tasks(part, first.plan.data_key))
+            images = {o.task_id: o.image for o in read}
+            for name, service in services.items():
+                for o in read:
+                    o.image = images[o.task_id]
+                outcomes = service.label([o for o in read])
+                for example, outcome in zip(part, outcomes):
+                    if outcome.failure:
+                        continue
+                    height, width = outcome.prelabel.height, outcome.prelabel.width
+                    truth = _truth(example, height, width, labels)
+                    drawn = label_masks(outcome.answer["result"], height, width, (width, height))
+                    predicted = {label: drawn.get(label, np.zeros((height, width), bool)) for label in labels}
+                    _add_scores(per[name], truth, predicted, height * width)
+        return {
+            name: {
+                "edit": _mean(values["edit"]), "dice": _mean(values["dice"]), "fp": _mean(values["fp"]),
+                "n": len(values["edit"]),
+            }
+            for name, values in per.items()
+        }
+
+
+def _add_scores(into: dict, truth: dict, predicted: dict, pixels: int) -> None:
+    shown = [label for label in truth if truth[label].any() or predicted[label].any()]
+    into["edit"].append(float(np.mean([edit_fraction(predicted[l], truth[l]) for l in shown])) if shown else 0.0)
+    lesions = [label for label in truth if truth[label].any()]
+    if lesions:
+        into["dice"].append(float(np.mean([dice(predicted[l], truth[l]) for l in lesions])))
+    else:
+        into["fp"].append(float(np.logical_or.reduce(list(predicted.values())).sum()) / pixels)
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def _spec_json(spec: dict) -> str:
+    return json.dumps(spec)
+
+
+def _text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,33 @@
+"""Patient-level splits of a project's tasks, shared by ``labeler export`` and the backend's
+training jobs so that both put every task on the same side (pure Python, no TensorFlow)."""
+from __future__ import annotations
+
+import hashlib
+
+SPLIT_NAMES = ("train", "val", "test")
+PATIENT_KEYS = ("patient_id", "patient")
+
+
+def split_of(patient: str, seed: int, fractions: tuple[float, float, float]) -> str:
+    """The split of a patient: sha256("<seed>:<patient>") as a number in [0, 1) against the
+    cumulative fractions. Depends on nothing else, so a patient keeps its split when later
+    exports add tasks or patients (no test patient drifts into train)."""
+    digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    for name, fraction in zip(SPLIT_NAMES, fractions):
+        edge += fraction
+        if u < edge:
+            return name
+    return next(n for n, f in zip(reversed(SPLIT_NAMES), reversed(fractions)) if f > 0)
+
+
+def patient_key(data: dict | None, ls_task_id: int) -> str:
+    """``patient_id`` or ``patient`` of the task data; else the task is its own patient."""
+    for key in PATIENT_KEYS:
+        value = (data or {}).get(key)
+        if value not in (None, ""):
+            return str(value)
+    return f"task-{ls_task_id}"
+
+
