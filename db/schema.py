@@ -39,6 +39,8 @@ NAMING_CONVENTION = {
 }
 
 REVISION_ACTIONS = ("created", "updated", "deleted")
+JOB_STATES = ("queued", "running", "done", "failed")
+PROMOTION_REASONS = ("trained", "promote", "rollback")
 
 _LIVE = "deleted_at IS NULL"
 
@@ -216,3 +218,97 @@ class Installation(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
     patient_key_secret: Mapped[str] = mapped_column(String(64))
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class TrainingJob(Base):
+    """One segmenter training run of a project, queued then claimed by one worker.
+
+    ``state`` goes queued -> running -> done | failed (a running job whose worker stops
+    sending heartbeats goes back to queued, see `db.jobs.requeue_stale`). Partial unique
+    indexes let a project have at most one queued and one running job. ``trigger`` says who
+    asked ("label-studio", "every-annotations", "command", ...); ``worker`` is "host:pid";
+    ``attempts`` counts claims; ``progress`` is e.g. "epoch 3/30"; ``message`` one line of
+    result or error; ``revision_mark`` the project's largest annotation_revisions.id when the
+    job was queued; ``segmenter_id`` the model it produced.
+    """
+
+    __tablename__ = "training_jobs"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", JOB_STATES), name="state"),
+        Index(
+            "uq_training_jobs_project_id_queued",
+            "project_id",
+            unique=True,
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
+        Index(
+            "uq_training_jobs_project_id_running",
+            "project_id",
+            unique=True,
+            sqlite_where=text("state = 'running'"),
+            postgresql_where=text("state = 'running'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    trigger: Mapped[str] = mapped_column(String(32))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[str | None] = mapped_column(String(200))
+    message: Mapped[str | None] = mapped_column(Text)
+    revision_mark: Mapped[int | None] = mapped_column(Integer)
+    # segmenters.job_id points back here: this side is added after both tables exist
+    segmenter_id: Mapped[int | None] = mapped_column(ForeignKey("segmenters.id", use_alter=True))
+
+    project: Mapped[Project] = relationship()
+
+
+class SegmenterModel(Base):
+    """A trained segmenter (append-only): the .keras file's bytes (``weights``, loaded only when
+    read), their hash ``weights_id``, the model ``spec`` and training ``settings``, the task ids
+    it was trained, validated and tested on (``data``: {"train": [...], "val": [...], "test":
+    [...]}), ``metrics`` ({"candidate": {...}, "incumbent": {...}}) and a one-line ``verdict``."""
+
+    __tablename__ = "segmenters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    weights_id: Mapped[str] = mapped_column(String(64))
+    weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    verdict: Mapped[str] = mapped_column(Text)
+
+    project: Mapped[Project] = relationship()
+
+
+class Promotion(Base):
+    """One change of a project's pre-label source (append-only): "trained" and "promote" make
+    ``segmenter_id`` current (NULL: Grad-CAM, no segmenter), "rollback" returns to the one
+    before and records it in ``segmenter_id``. The current source is the replay of the rows
+    (`db.registry.promotion_stack`)."""
+
+    __tablename__ = "promotions"
+    __table_args__ = (CheckConstraint(_one_of("reason", PROMOTION_REASONS), name="reason"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    segmenter_id: Mapped[int | None] = mapped_column(ForeignKey("segmenters.id"))
+    reason: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
