@@ -224,6 +224,22 @@ def test_a_dead_workers_job_fails_when_a_newer_one_waits(session, projects):
     assert job.message.startswith("interrupted (worker w1 stopped responding at ")
 
 
+def test_a_dead_workers_job_fails_when_a_job_is_queued_during_the_requeue(session, projects, monkeypatch):
+    """A job queued by another process after the requeue looked: the index refuses a second
+    queued job, and the dead worker's job fails instead."""
+    a, _ = projects
+    job, _ = db.enqueue_training(session, a, "command")
+    db.claim_job(session, "w1")
+    newer, _ = db.enqueue_training(session, a, "command")
+    session.commit()
+    _age(session, job.id)
+    monkeypatch.setattr(jobs, "_queued", lambda session, project_id: None)  # the look that misses it
+    assert [j.id for j in db.requeue_stale(session, stale_after=60)] == [job.id]
+    session.commit()
+    assert job.state == "failed" and job.message.endswith("; a newer job is queued")
+    assert session.get(TrainingJob, newer.id).state == "queued"
+
+
 def test_heartbeat_and_finish_belong_to_the_running_worker(session, projects):
     a, _ = projects
     job, _ = db.enqueue_training(session, a, "command")
