@@ -67,7 +67,7 @@ class Backend:
         self.sessions = session_factory(open_database(settings.database_url))
         self.predictor = Predictor(settings)
         self.metrics = Metrics()
-        self.trainer = ProjectTrainer(settings, self.predictor, self.sessions, self.project_fetcher)
+        self.trainer = ProjectTrainer(settings, self.predictor, self.sessions, self.project_fetcher, self.pipeline_for)
         self.runner = JobRunner(
             self.trainer, self.sessions, self.metrics, settings.train_stale_after, after_promotion=self.refresh_label_studio
         )
@@ -137,7 +137,7 @@ class Backend:
                 if promoted is not None:
                     row_id, weights_id = promoted.id, promoted.weights_id
             if promoted is not None:
-                return self.predictor.promoted(weights_id, lambda: self.trainer._stored(row_id))
+                return self.predictor.promoted(weights_id, lambda: self.stored_model(row_id))
         return self.predictor.get(source)
 
     def refresh_label_studio(self, project_row_id: int) -> None:
@@ -147,8 +147,6 @@ class Backend:
         with self.sessions() as session:
             project = session.get(Project, project_row_id)
             ls_project_id, identity = project.ls_project_id, project.label_studio
-            annotated = {r.task.ls_task_id for r in repository.current_annotations(session, project)}
-            open_tasks = sorted(t.ls_task_id for t in repository.live_tasks(session, project) if t.ls_task_id not in annotated)
             link = repository.link_of_project(session, project)
         settings = self.settings
         url = settings.label_studio_url or (link.url if link else None)
@@ -159,7 +157,7 @@ class Backend:
             return
         version = self.pipeline_for(ls_project_id, identity).version
         try:
-            asked = refresh_predictions(url, self.auth(url, token), ls_project_id, open_tasks, version)
+            asked = refresh_predictions(url, self.auth(url, token), ls_project_id, version)
         except (requests.RequestException, FetchError) as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
             log.warning("project %d: Label Studio did not take the new pre-labels (%s)", ls_project_id,
@@ -172,6 +170,12 @@ class Backend:
         if key not in self._auths:  # one per token: a personal access token is refreshed, not re-fetched per request
             self._auths[key] = LabelStudioAuth(url, token, self.settings.fetch_timeout)
         return self._auths[key]
+
+    def stored_model(self, segmenter_id: int) -> tuple[bytes, str]:
+        """A registry model's ``.keras`` bytes and spec JSON."""
+        with self.sessions() as session:
+            row = registry.get_segmenter(session, segmenter_id)
+            return row.weights, json.dumps(row.spec)
 
     def enqueue_training(self, project_id: int, identity: str, trigger: str) -> dict:
         """Queue a training job for a project (one waiting job per project: a second ask joins it)."""

@@ -72,12 +72,12 @@ class JobRunner:
         """Claim one queued job and run it; False when there was none."""
         with self.sessions.begin() as session:
             for job in jobs.requeue_stale(session, self.stale_after):
-                log.warning("training job %d of project %d: %s", job.id, job.project_id, job.message)
+                log.warning("training job %d of project %d: %s", job.id, job.project.ls_project_id, job.message)
             job = jobs.claim_job(session, self.worker, self.stale_after)
             if job is None:
                 return False
-            job_id, project_id, trigger = job.id, job.project_id, job.trigger
-        log.info("training job %d started (project %d, asked by %s)", job_id, project_id, trigger)
+            job_id, project_id, trigger, ls_project = job.id, job.project_id, job.trigger, job.project.ls_project_id
+        log.info("training job %d started (project %d, asked by %s)", job_id, ls_project, trigger)
         self.metrics.training_running.inc()
         try:
             outcome = self._run(job_id, project_id)

@@ -100,15 +100,20 @@ def _truth(example: Example, height: int, width: int, labels: list[str]) -> dict
 
 
 class ProjectTrainer:
-    """Runs jobs for one backend process: ``predictor`` gives the pipelines (the classifier, the
-    prior, the shape step), ``fetcher_for(project)`` an image fetcher for the project's Label
-    Studio, ``sessions`` the database."""
+    """Runs jobs for one backend process: ``predictor`` builds the candidate's pipeline (the
+    classifier, the prior, the shape step), ``current_pipeline(ls_project_id, label_studio)`` is
+    the project's pre-labeller now, ``fetcher_for(project)`` an image fetcher for the project's
+    Label Studio, ``sessions`` the database."""
 
-    def __init__(self, settings: Settings, predictor: Predictor, sessions, fetcher_for: Callable[[object], ImageFetcher]):
+    def __init__(
+        self, settings: Settings, predictor: Predictor, sessions, fetcher_for: Callable[[object], ImageFetcher],
+        current_pipeline: Callable[[int, str], Pipeline],
+    ):
         self.settings = settings
         self.predictor = predictor
         self.sessions = sessions
         self.fetcher_for = fetcher_for
+        self.current_pipeline = current_pipeline
 
     def run(self, project_row_id: int, job_id: int | None, progress: Callable[[str], None]) -> Outcome:
         """Train, score and maybe promote for the project with database id ``project_row_id``;
@@ -117,9 +122,9 @@ class ProjectTrainer:
         with self.sessions() as session:
             project = session.get(Project, project_row_id)
             examples, labels = corrected_examples(session, project)
-            config = project.label_config
+            config, ls_project_id, label_studio = project.label_config, project.ls_project_id, project.label_studio
             incumbent = registry.current_segmenter(session, project)
-            incumbent_ref = (incumbent.id, incumbent.weights_id) if incumbent else None
+            current_name = f"segmenter #{incumbent.id}" if incumbent else settings.source_for(ls_project_id)
         if not config:
             raise ValueError("no labelling config is stored for this project: connect the backend to it first")
         if len(examples) < settings.train_min_tasks:
@@ -130,23 +135,18 @@ class ProjectTrainer:
         if not labels:
             return Outcome("not_trained", "not trained: the labelling config has no region labels and none are drawn")
         fetcher = self.fetcher_for(project)
-        gradcam = self.predictor.get("gradcam")
-        plan = plan_for(config, gradcam.class_names, settings.label_map)
+        current = self.current_pipeline(ls_project_id, label_studio)
+        plan = plan_for(config, current.class_names, settings.label_map)
 
         progress(f"reading {len(splits['train']) + len(splits['val'])} images")
-        train = self._arrays(splits["train"], labels, plan, fetcher, gradcam)
-        val = self._arrays(splits["val"], labels, plan, fetcher, gradcam) if splits["val"] else None
+        train = self._arrays(splits["train"], labels, plan, fetcher, current)
+        val = self._arrays(splits["val"], labels, plan, fetcher, current) if splits["val"] else None
         model, spec, report = self._fit(train, val, labels, progress)
 
         weights = model_file_bytes(model)
         weights_id = weights_version(model)
         path = unpack_model(weights, spec.to_json(), settings.model_cache_dir, f"segmenter-{weights_id}")
         candidate = self.predictor.build("segmenter", Segmenter(load_segmenter(path), settings.batch_size))
-        if incumbent_ref is None:
-            current, current_name = gradcam, "gradcam"
-        else:
-            current = self.predictor.promoted(incumbent_ref[1], lambda: self._stored(incumbent_ref[0]))
-            current_name = f"segmenter #{incumbent_ref[0]}"
         progress(f"scoring on {len(splits['test'])} held-out tasks")
         scores = self._score(splits["test"], labels, config, fetcher, {"candidate": candidate, "incumbent": current})
         new, old = scores["candidate"], scores["incumbent"]
@@ -173,11 +173,6 @@ class ProjectTrainer:
                 registry.promote(session, project, row.id, "trained", note=verdict)
             segmenter_id = row.id
         return Outcome("promoted" if better else "kept", f"model #{segmenter_id} {verdict}", segmenter_id)
-
-    def _stored(self, segmenter_id: int) -> tuple[bytes, str]:
-        with self.sessions() as session:
-            row = registry.get_segmenter(session, segmenter_id)
-            return row.weights, _spec_json(row.spec)
 
     def _arrays(self, examples, labels, plan, fetcher, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
         """(N, size, size, 3) uint8 images and (N, size, size, labels) 0/1 masks; a task whose image
@@ -273,10 +268,6 @@ def _add_scores(into: dict, truth: dict, predicted: dict, pixels: int) -> None:
 
 def _mean(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
-
-
-def _spec_json(spec: dict) -> str:
-    return json.dumps(spec)
 
 
 def _text(value: float | None) -> str:

@@ -480,7 +480,7 @@ app.add_typer(models_app, name="models")
 def _score(metrics: dict, who: str) -> str:
     values = metrics.get(who) or {}
     edit, dice = values.get("edit"), values.get("dice")
-    return "-" if edit is None else f"{edit:.3f} / " + ("-" if dice is None else f"{dice:.3f}")
+    return "-" if edit is None else f"{edit:.3f}/" + ("-" if dice is None else f"{dice:.3f}")
 
 
 @models_app.command("list")
@@ -493,19 +493,17 @@ def models_list(
     from labeler.training import project_models
 
     models, jobs, current = project_models(Workspace(label_studio_url, None, project, database_url))
-    table = Table("", "model", "trained", "weights", "train/val/test", "edit / Dice", "before: edit / Dice", "verdict")
-    for m in models:
+    say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
+    say(f"pre-labels come from: {'segmenter #' + str(current) if current else 'Grad-CAM (no promoted segmenter)'}")
+    for m in models:  # one line each (greppable; `*` marks the current one)
         counts = "/".join(str(m.counts.get(k, 0)) for k in ("train", "val", "test"))
-        table.add_row(
-            "*" if m.current else "", str(m.id), f"{m.created_at:%Y-%m-%d %H:%M}", m.weights_id, counts,
-            _score(m.metrics, "candidate"), _score(m.metrics, "incumbent"), m.verdict,
+        say(
+            f"{'*' if m.current else ' '} #{m.id}  {m.created_at:%Y-%m-%d %H:%M}  weights {m.weights_id}  "
+            f"train/val/test {counts}  edit/Dice {_score(m.metrics, 'candidate')}  "
+            f"before {_score(m.metrics, 'incumbent')}  {m.verdict}"
         )
-    console.print(table)
-    console.print(f"pre-labels come from: {'segmenter #' + str(current) if current else 'Grad-CAM (no promoted segmenter)'}")
-    runs = Table("job", "state", "asked by", "queued", "progress / result")
     for j in jobs:
-        runs.add_row(str(j.id), j.state, j.trigger, f"{j.requested_at:%Y-%m-%d %H:%M:%S}", j.message or j.progress or "")
-    console.print(runs)
+        say(f"job {j.id}  {j.state}  asked by {j.trigger}  {j.requested_at:%Y-%m-%d %H:%M:%S}  {j.message or j.progress or ''}")
 
 
 @models_app.command("promote")

@@ -121,7 +121,7 @@ class BackendProcess:
 
 def start_demo(folder: Path, port: int | None = None, log=print) -> Demo:
     """Start (or restart) the demo and pre-label its project; returns the running demo."""
-    from labeler.project import connect_backend, import_images, init_project
+    from labeler.project import connect_backend, import_images, init_project, set_active_model_version
 
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,6 +162,9 @@ def start_demo(folder: Path, port: int | None = None, log=print) -> Demo:
         ws.client.actions.create(
             id="retrieve_tasks_predictions", project=ws.project_id, selected_items={"all": True, "excluded": []}
         )
+        versions = {p.model_version for p in ws.client.predictions.list(project=ws.project_id)}
+        if len(versions) == 1:  # the Data Manager shows and sorts by the active version's scores
+            set_active_model_version(ws, ws.project_id, versions.pop())
         return Demo(studio, backend, ws.project_id)
     except BaseException:
         if backend is not None:

@@ -42,7 +42,7 @@ import numpy as np
 from db.engine import safe_url
 from explain.images import load_image, to_uint8
 from db.corrected import Annotation, TaskRecord, chosen_annotations, read_tasks
-from explain.labelstudio.results import REGION_TYPES, label_masks, result_choices
+from explain.labelstudio.results import label_masks, result_choices, result_labels
 from models.splits import SPLIT_NAMES, patient_key, split_of
 
 FORMATS = ("png", "coco", "npz")
@@ -95,16 +95,6 @@ def parse_split(text: str) -> tuple[float, float, float]:
 
 
 # --- masks --------------------------------------------------------------------------------------
-
-
-def result_labels(results: list[dict] | None) -> set[str]:
-    """The labels of a result list's regions: the keys `label_masks` gives, without drawing them."""
-    return {
-        label
-        for result in results or []
-        if result.get("type") in REGION_TYPES
-        for label in (result.get("value") or {}).get(result["type"], [])
-    }
 
 
 def export_labels(tasks: list[TaskRecord], known_labels: Iterable[str], settings: ExportSettings) -> list[str]:

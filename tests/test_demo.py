@@ -21,6 +21,9 @@ def test_demo_starts_and_pre_labels_every_task(demo_run):
     assert len({p.model_version for p in predictions}) == 1 and "layercam@features" in predictions[0].model_version
     assert "+roi:" in predictions[0].model_version  # the demo's ROI model, trained on the images' lungs
     assert any(r["type"] == "brushlabels" for p in predictions for r in p.result)
+    project = ls.projects.get(id=demo.project_id)
+    # the Data Manager's score column shows the active version's scores; Label Stream serves the least sure task first
+    assert project.model_version == predictions[0].model_version and project.sampling == "Uncertainty sampling"
 
 
 def test_demo_rerun_reuses_login_project_and_predictions(demo_run):

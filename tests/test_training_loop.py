@@ -201,3 +201,40 @@ def test_a_job_of_a_dead_worker_is_resumed_by_the_next_runner(app):
         job = session.get(TrainingJob, job_id)
         assert job.state == "done" and job.attempts == 2 and job.worker == backend.runner.worker
         assert list(session.scalars(select(TrainingJob.id))) == [job_id]
+
+
+def test_labeler_backend_worker_runs_queued_jobs_without_http(tmp_path, model_path):  # noqa: F811
+    """`labeler-backend worker` (a training machine for backends with TRAINING=0) takes a job
+    queued in the shared database, records its outcome, and stops on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    settings = Settings(model_path=model_path, database_url=url, warmup=False)
+    client = create_app(settings).test_client()  # the HTTP backend, TRAINING off: it only queues
+    client.post("/setup", json={"project": KEY, "schema": CONFIG})
+    job_id = _start_training(client)["job"]
+    env = {**os.environ, "MODEL_PATH": str(model_path), "DATABASE_URL": url, "WARMUP": "0", "TRAIN_MIN_TASKS": "5"}
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "labeler-backend"), "worker"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sessions = session_factory(make_engine(url))
+        deadline = time.monotonic() + 90
+        while True:
+            with sessions() as session:
+                job = session.get(TrainingJob, int(job_id))
+                if job.state == "done":
+                    break
+            assert time.monotonic() < deadline and worker.poll() is None, "the worker did not run the job"
+            time.sleep(0.5)
+        assert job.message == "not trained: 0 corrected task(s), TRAIN_MIN_TASKS is 5"
+        assert job.worker.endswith(f":{worker.pid}")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=30)[0]
+    assert worker.returncode == 0, output
+    assert "Traceback" not in output

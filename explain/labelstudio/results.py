@@ -235,3 +235,13 @@ def label_masks(results: list[dict], height: int, width: int, fallback: tuple[in
                 mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
             masks[label] = masks[label] | mask if label in masks else mask
     return masks
+
+
+def result_labels(results: list[dict] | None) -> set[str]:
+    """The labels of a result list's regions: the keys `label_masks` gives, without drawing them."""
+    return {
+        label
+        for result in results or []
+        if result.get("type") in REGION_TYPES
+        for label in (result.get("value") or {}).get(result["type"], [])
+    }
