@@ -422,21 +422,23 @@ def prelabel(
     from labeler.training import promoted_segmenter
 
     ws = Workspace(label_studio_url, api_key, project, database_url)
-    if source is None:
-        promoted = promoted_segmenter(ws) if segmenter is None else None
-        source = "segmenter" if promoted or segmenter is not None else "gradcam"
-        if promoted:
-            segmenter = promoted[1]
-            errors.print(f"note: pre-labelling with the project's promoted segmenter #{promoted[0]} (--source gradcam: Grad-CAM)", markup=False, highlight=False)
-    elif source not in SOURCES:
+    if source is not None and source not in SOURCES:
         raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
-    settings = prelabel_settings(
-        method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold,
-        min_probability=min_probability, shape=shape,
-    )
+    def settings_of(source):
+        return prelabel_settings(
+            method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold,
+            min_probability=min_probability, shape=shape,
+        )
+
+    settings = settings_of(source or "gradcam")  # bad options fail here, before any connection
     prior = prior_settings(roi_margin)
     if roi_model is None:
         errors.print(NO_PRIOR_NOTE, markup=False, highlight=False)
+    if source is None and segmenter is not None:
+        settings = settings_of("segmenter")
+    elif source is None and (promoted := promoted_segmenter(ws)):  # as the backend does
+        segmenter, settings = promoted[1], settings_of("segmenter")
+        errors.print(f"note: pre-labelling with the project's promoted segmenter #{promoted[0]} (--source gradcam: Grad-CAM)", markup=False, highlight=False)
     report = prelabel_project(
         ws, model, settings, batch_size, document_root, segmenter_path=segmenter, roi_model_path=roi_model, prior=prior
     )

@@ -223,7 +223,8 @@ def test_webhooks_store_revisions_once_and_never_overwrite(client, sessions):
     assert client.post("/webhook", json=tasks_deleted).json == {"status": "ok", "deleted": 1}
     assert count(sessions, Task, Task.deleted_at.is_(None)) == 0 and count(sessions, Task) == 1
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7, "title": "New"}}).status_code == 200
-    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}).json["status"] == "ignored"
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}).json == {"job": "1", "status": "queued"}
+    assert client.post("/webhook", json={"action": "SOMETHING_NEW", "project": {"id": 7}}).json["status"] == "ignored"
 
 
 @pytest.mark.parametrize(

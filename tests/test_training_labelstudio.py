@@ -35,7 +35,7 @@ CONFIG = """<View>
   <Choices name="diagnosis" toName="image"><Choice value="clear"/><Choice value="opacity"/></Choices>
   <BrushLabels name="mask" toName="image"><Label value="Opacity"/></BrushLabels>
 </View>"""
-IMAGES, ANNOTATED, SIZE = 30, 24, 96
+IMAGES, ANNOTATED, SIZE = 36, 30, 96
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def backend(label_studio, tmp_path_factory):
         "DATABASE_URL": database_url,
         "LABEL_STUDIO_URL": label_studio.url,  # the token comes from /setup
         "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
-        "TRAIN_MIN_TASKS": "8", "TRAIN_EPOCHS": "12", "TRAIN_SIZE": "64", "CAM_SHAPE": "map",
+        "TRAIN_MIN_TASKS": "8", "TRAIN_EPOCHS": "30", "TRAIN_SIZE": "64", "CAM_SHAPE": "map",
         "MODEL_CACHE_DIR": str(folder / "models"),
     }
     process = BackendProcess.start(settings, folder / "backend.log", timeout=120)
