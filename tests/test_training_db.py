@@ -13,37 +13,11 @@ from sqlalchemy.exc import IntegrityError
 
 import db
 from db import jobs
-from db.schema import Promotion, SegmenterModel, TrainingJob
+from db.schema import Promotion, TrainingJob
+from test_db import Session, engine, session, url  # noqa: F401  (a fresh SQLite / PostgreSQL database, migrated)
 
 NEW_TABLES = {"training_jobs", "segmenters", "promotions"}
 SPEC = {"kind": "unet", "input": [64, 64, 1]}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    """A fresh, empty database: a SQLite file or a new database on the PostgreSQL test server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'labels.db'}"
-    return request.getfixturevalue("postgres_database")
-
-
-@pytest.fixture
-def engine(url):
-    db.migrate(url)
-    engine = db.make_engine(url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def Session(engine):
-    return db.session_factory(engine)
-
-
-@pytest.fixture
-def session(Session):
-    with Session() as session:
-        yield session
 
 
 @pytest.fixture
