@@ -150,5 +150,13 @@ def test_start_training_in_label_studio_promotes_a_model_that_then_pre_labels(la
     assert state == "done" and "kept segmenter" in message, message
     time.sleep(1)
     assert ls.projects.get(id=pid).model_version == version
-    log = backend["log"].read_text()
-    assert "token" not in log.lower() or "secret" not in log  # START_TRAINING's project tokens are never logged
+    # Label Studio's own "Start model training on annotation submission" sends the same request on a save
+    http.patch(f"{label_studio.url}/api/projects/{pid}", json={"start_training_on_annotation_update": True}, timeout=30)
+    open_task = next(t for t in tasks if t not in annotations)
+    http.post(f"{label_studio.url}/api/tasks/{open_task}/annotations", json={"result": _result(truths[open_task])}, timeout=30)
+    sessions = session_factory(make_engine(backend["db"]))
+    with sessions() as session:
+        newest = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
+        assert newest.id > job_id + 1 and newest.trigger == "label-studio"
+    log = backend["log"].read_text()  # START_TRAINING's body (the project's tokens among its fields) is never logged
+    assert "task_data_password" not in log and "label_config_hash" not in log
