@@ -132,7 +132,10 @@ class Backend:
         source = self.settings.project_sources.get(project_id)
         if source is None and project_id is not None:
             with self.sessions() as session:
-                project = repository.get_project(session, project_id, identity)
+                try:
+                    project = repository.get_project(session, project_id, identity)
+                except ValueError:  # the id exists in several Label Studios and this one is unknown
+                    project = None
                 promoted = registry.current_segmenter(session, project) if project is not None else None
                 if promoted is not None:
                     row_id, weights_id = promoted.id, promoted.weights_id
