@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python benchmarks/prelabel_quality.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/segmenter_loop.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/export_memory.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/prelabel_scale.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out

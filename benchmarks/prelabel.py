@@ -25,7 +25,7 @@ What runs, in one process (Label Studio in its own subprocess, from ``labeler/st
 
 The time split comes from timers wrapped, in this script only, around the calls
 ``prelabel_project`` makes (fetch, decode, ``model_inputs``, ``Prelabeler.explain``,
-``Prelabeler.regions``, ``prelabel_results``, ``projects.import_predictions``, ``store_predictions``);
+``Prelabeler.regions``, ``prelabel_results``, ``predictions.create``, ``store_predictions``);
 the worker thread's stages (fetch, decode, post, database) overlap the model's, so the shares
 add up to more than the loop. The product code is not changed.
 
@@ -70,7 +70,7 @@ STAGES = (
     ("model", "model (compiled Grad-CAM call)"),
     ("regions", "regions (`Prelabeler.regions`)"),
     ("results", "Label Studio JSON (`prelabel_results`)"),
-    ("post", "POST to Label Studio (`projects.import_predictions`, one request per batch)"),
+    ("post", "POST to Label Studio (`predictions.create`, one request per task, 4 in flight: summed over requests)"),
     ("database", "our database (`store_predictions`)"),
 )
 
@@ -148,7 +148,7 @@ class StageTimers:
             (Prelabeler, "explain", "explain"),  # includes model_inputs; "model" = explain - preprocess
             (Prelabeler, "regions", "regions"),
             (service, "prelabel_results", "results"),
-            (type(ws.client.projects), "import_predictions", "post"),
+            (type(ws.client.predictions), "create", "post"),
             (db.repository, "store_predictions", "database"),
             (prelabeling, "load_classifier", "load"),
         ]
@@ -169,8 +169,7 @@ class StageTimers:
 
         def timed(*args, **kwargs):
             if stage == "post":
-                for item in kwargs.get("request", []):
-                    self.payloads.append(len(json.dumps(item.get("result", []))))
+                self.payloads.append(len(json.dumps(kwargs.get("result", []))))
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
@@ -465,7 +464,7 @@ def report(results: dict, quick: bool, tasks: int) -> str:
             f"- batch {r['batch']}: the first model call took {r['explain_first_s']:.1f} s against a median of "
             f"{r['explain_median_s']:.1f} s per later full batch (≈ {trace:.1f} s of Grad-CAM graph tracing, in the "
             f"loop); the forward baseline's own tracing ({r['forward_trace_s']:.1f} s) is not in its time. "
-            f"First batch end to end {r['first_batch_s']:.1f} s. POST per batch: median {r['post_median_ms']:.0f} ms "
+            f"First batch end to end {r['first_batch_s']:.1f} s. POST per task: median {r['post_median_ms']:.0f} ms "
             f"({r['post_payload_kib']:.1f} KiB of result JSON on average"
             + "). "
             f"Import of the {r['tasks']} images: {r['import_s']:.1f} s. Model loading: {r['load_s']:.1f} s."

@@ -1,13 +1,17 @@
 """``labeler prelabel``: pre-label a whole project in batches, without Label Studio's synchronous
 "retrieve predictions" action: the pipeline runs here and predictions are posted through the SDK.
 
-Resumable and database first: each batch is stored in our database, then posted to Label Studio
-(in one request), as soon as it is done. Tasks that already have a prediction of the current
-model version in Label Studio are skipped; those whose prediction reached our database but not
-Label Studio (a crash between the two writes) get the stored prediction posted again, not a new
-one. So a rerun after an interruption continues where it stopped, and afterwards Label Studio and
-our database hold the same predictions. Reading the next batch and storing / posting the last
-one overlap with the model's work.
+Resumable and database first: each batch is stored in our database, then posted to Label Studio,
+one ``POST /api/predictions/`` per task, several in flight (Label Studio's bulk
+``import/predictions`` costs time in proportion to the predictions already in the project; a
+single post costs the same at any size). The pending tasks are those without a prediction of the
+current model version in Label Studio (`labeler.pending`: a Data Manager filter, so a rerun with
+nothing to do lists no prediction and no task). Those whose prediction reached our database but
+not Label Studio (a crash between the two writes, or in the middle of a batch's posts: each post
+either landed, and the task is no longer pending, or did not) get the stored prediction posted
+again, not a new one. So a rerun after an interruption continues where it stopped, and afterwards
+Label Studio and our database hold the same predictions, one per task. Reading the next batch and
+storing / posting the last one overlap with the model's work.
 """
 from __future__ import annotations
 
@@ -24,9 +28,14 @@ from explain.labelstudio.configs import plan_for
 from explain.anatomy import PriorSettings
 from explain.prelabel import PrelabelSettings
 from explain.service import PrelabelService
+from labeler.pending import pending_tasks
 from labeler.pipelines import build_prelabeler
 from labeler.project import set_active_model_version
 from labeler.workspace import Workspace
+
+
+#: Single prediction posts in flight at once (Label Studio handles each in ~35-110 ms).
+POSTS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -63,13 +72,12 @@ def prelabel_project(
     plan = plan_for(project.label_config, prelabeler.label_names, label_map)
     service = PrelabelService(prelabeler, loaded.version, plan, ImageFetcher(ws.label_studio_url, ws.auth, document_root))
     version = service.version
-    done = {p.task for p in ws.client.predictions.list(project=project_id) if p.model_version == version}
-    tasks = [t for t in ws.client.tasks.list(project=project_id, fields="all") if t.id not in done]
+    tasks = pending_tasks(ws, project_id, version)
+    done = max(0, (project.task_number or 0) - len(tasks))
     reposts = _stored_but_not_posted(ws, project_id, version, tasks, plan.data_key)
-    for start in range(0, len(reposts), batch_size):
-        ws.client.projects.import_predictions(id=project_id, request=reposts[start : start + batch_size])
     reposted = {post["task"] for post in reposts}
     tasks = [t for t in tasks if t.id not in reposted]
+    batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
 
     def read(batch):
         return service.read([{"id": task.id, "data": task.data} for task in batch])
@@ -80,16 +88,14 @@ def prelabel_project(
                 session, project_id, version, loaded.version, service.recorded_settings, outcomes,
                 label_studio=ws.label_studio,
             )
-        posts = [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]
-        if posts:  # one request per batch: a request per task costs more than the model
-            ws.client.projects.import_predictions(id=project_id, request=posts)
+        _post(ws, posting, [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None])
 
-    batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
     predicted, failed = 0, []
     start = time.perf_counter()
     # The model runs here while a worker reads the next batch and stores / posts the previous one.
-    with Progress() as progress, ThreadPoolExecutor(max_workers=2) as pool:
-        bar = progress.add_task("pre-labelling", total=len(tasks))
+    with Progress() as progress, ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(POSTS_IN_FLIGHT) as posting:
+        _post(ws, posting, reposts)
+        bar = progress.add_task("pre-labelling", total=sum(len(batch) for batch in batches))
         reading = pool.submit(read, batches[0]) if batches else None
         saving = None
         for n, batch in enumerate(batches):
@@ -107,7 +113,15 @@ def prelabel_project(
             saving.result()
     if done or reposts or predicted:  # the Data Manager's score column shows these predictions
         set_active_model_version(ws, project_id, version)
-    return PrelabelReport(predicted, len(done), failed, time.perf_counter() - start, version, len(reposts))
+    return PrelabelReport(predicted, done, failed, time.perf_counter() - start, version, len(reposts))
+
+
+def _post(ws: Workspace, pool: ThreadPoolExecutor, posts: list[dict]):
+    """Each of ``posts`` (``{"task", "result", "score", "model_version"}``) as one Label Studio
+    prediction, ``POSTS_IN_FLIGHT`` at a time; returns when all are done, raises the first error."""
+    futures = [pool.submit(ws.client.predictions.create, **post) for post in posts]
+    for future in futures:
+        future.result()
 
 
 def _stored_but_not_posted(ws: Workspace, project_id: int, version: str, tasks, data_key: str) -> list[dict]:

@@ -5,15 +5,18 @@ database hold the same predictions (every task exactly one), and nothing acknowl
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import keras
 import pytest
 from sqlalchemy import select
@@ -89,35 +92,77 @@ class Crash(BaseException):
     """What a kill -9 leaves: the process stops between two statements."""
 
 
-@pytest.mark.parametrize("second_write_fails", ["database", "label studio"])
+@pytest.mark.parametrize("second_write_fails", ["database", "label studio", "label studio mid-batch"])
 def test_a_crash_between_the_two_writes_is_repaired_by_a_rerun(label_studio, ls, material, tmp_path, monkeypatch, second_write_fails):
+    """A crash after the first batch (3 tasks): before the second batch reaches our database, after it
+    did but before any of its 3 predictions reached Label Studio, or after 1 of the 3 did (each task
+    is posted on its own, several at once: what landed is whatever Label Studio holds)."""
     env = new_project(label_studio, material, tmp_path, f"crash-{second_write_fails}")
     cli(env, "import", material["folder"] / "data" / "images")
     ws = Workspace(env["LABEL_STUDIO_URL"], env["LABEL_STUDIO_API_KEY"], int(env["LABEL_STUDIO_PROJECT"]), env["DATABASE_URL"])
     settings = prelabel_settings("layercam", None, "predicted", "fraction:0.2", 0.001, 64)
-    calls = Counter()
+    calls, lock = Counter(), threading.Lock()
 
-    def crash_on_second(name, write):
+    def crash_from(name, write, first_failing_call):
+        """``write`` until its ``first_failing_call``-th call, then a crash for that and every
+        later call (as after a kill -9, nothing more is written)."""
         def wrapper(*args, **kwargs):
-            calls[name] += 1
-            if calls[name] == 2:
+            with lock:
+                calls[name] += 1
+                dead = calls[name] >= first_failing_call
+            if dead:
                 raise Crash(name)
             return write(*args, **kwargs)
         return wrapper
 
     if second_write_fails == "database":
-        monkeypatch.setattr(repository, "store_predictions", crash_on_second("database", repository.store_predictions))
-    else:
-        projects = ws.client.projects
-        monkeypatch.setattr(projects, "import_predictions", crash_on_second("studio", projects.import_predictions))
+        monkeypatch.setattr(repository, "store_predictions", crash_from("database", repository.store_predictions, 2))
+    else:  # the first batch's 3 posts land; then none, or one more (whichever of the batch comes first)
+        first_failing = 4 if second_write_fails == "label studio" else 5
+        predictions = ws.client.predictions
+        monkeypatch.setattr(predictions, "create", crash_from("studio", predictions.create, first_failing))
     with pytest.raises(Crash):
         prelabel_project(ws, material["model"], settings, batch_size=3, document_root=label_studio.document_root)
     monkeypatch.undo()
+    if second_write_fails != "database":
+        in_studio, in_database = prediction_tasks(ls, env)
+        assert (len(in_studio), len(in_database)) == (first_failing - 1, 6)  # what the crash left
     fresh = Workspace(ws.label_studio_url, ws.api_key, ws.project_id, ws.database_url)
     report = prelabel_project(fresh, material["model"], settings, batch_size=3, document_root=label_studio.document_root)
+    assert assert_agree(ls, env) == 12  # each task one prediction in Label Studio: none posted twice
+    if second_write_fails != "database":  # stored but never posted: posted from the database, not recomputed
+        assert report.reposted == 6 - (first_failing - 1)
+        assert report.predicted == 6
+
+
+def test_a_rerun_with_nothing_to_do_lists_no_task_and_no_prediction(label_studio, ls, material, tmp_path, monkeypatch):
+    """With every task pre-labelled, a rerun asks Label Studio only for the tasks still pending
+    (none come back) and the project's model versions: no prediction list, no task list."""
+    env = new_project(label_studio, material, tmp_path, "nothing-to-do")
+    cli(env, "import", material["folder"] / "data" / "images")
+    cli(env, "prelabel", "--model", material["model"], "--batch-size", "5")
     assert assert_agree(ls, env) == 12
-    if second_write_fails == "label studio":  # stored but never posted: posted from the database, not recomputed
-        assert report.reposted == 3
+    seen = []  # (method, path, query, tasks in the answer)
+    send = httpx.Client.send
+
+    def recording_send(client, request, *args, **kwargs):
+        response = send(client, request, *args, **kwargs)
+        listed = None
+        if request.method == "GET" and request.url.path.rstrip("/") == "/api/tasks" and response.status_code == 200:
+            listed = len(json.loads(response.read())["tasks"])
+        seen.append((request.method, request.url.path, dict(request.url.params), listed))
+        return response
+
+    monkeypatch.setattr(httpx.Client, "send", recording_send)
+    output = cli(env, "prelabel", "--model", material["model"], "--batch-size", "5")
+    monkeypatch.undo()
+    assert "12 already had" in output, output
+    assert seen, "the SDK's requests were not seen"
+    assert not [s for s in seen if s[1].rstrip("/") == "/api/predictions" and s[0] == "GET"], seen
+    task_lists = [s for s in seen if s[3] is not None]
+    assert task_lists and all(s[3] == 0 and s[2].get("fields") == "task_only" for s in task_lists), seen
+    assert not [s for s in seen if s[0] == "POST"], seen
+    assert assert_agree(ls, env) == 12
 
 
 def until(condition, seconds=120.0):
