@@ -222,9 +222,8 @@ def report(results: dict, skipped: dict, args, seconds: float) -> str:
         "data, not by compute; validated on the val split, best validation loss kept; the campaign's seed also seeds "
         "the U-Net"
         + ("" if args.quick or args.steps >= 400 else
-           f"; {args.steps} steps, not segmenter_loop's 400, so that the {len(args.seeds)} seed(s) fit in about 30 min on 2 "
-           "cores: one 400-step U-Net on 10 images took 330 s here, and a campaign trains 13 per seed, so its U-Nets are "
-           "weaker than that table's")
+           f"; {args.steps} steps, not segmenter_loop's 400, to keep {len(args.seeds)} seed(s) near 30 min on 2 cores: "
+           "one 400-step U-Net on 10 images took 330 s here, and a campaign trains up to 13 per seed")
         + "), and the next "
         f"{ROUND} are picked: **random** = {ROUND} more unlabelled pool images at random; **uncertainty** = the {ROUND} "
         "unlabelled pool images whose pre-label by the current U-Net has the lowest `Prelabel.confidence` (1 - mean "
