@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python benchmarks/cam_quality.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/prelabel_quality.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/segmenter_loop.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/learning_curve.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/export_memory.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/prelabel_scale.py --out BENCHMARKS.md
 

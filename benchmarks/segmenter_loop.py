@@ -190,22 +190,29 @@ def real_classifier(test_patients: set[str], epochs: int) -> Path:
 
 def train_curve(export: Path, counts, size: int, steps: int, batch_size: int, filters) -> dict[int, tuple[Path, float]]:
     """One U-Net per train-set size (the same ~``steps`` gradient steps each): {n: (path, seconds)}."""
-    from labeler.segmenting import train_on_export
-
     models = {}
     folder = export.parent / f"unet-{size}px-{steps}steps-b{batch_size}-f{'_'.join(map(str, filters))}"
     for n in counts:
         out = folder / f"unet-{n}.keras"
-        timing = out.with_suffix(".seconds")
-        if not out.is_file():
-            epochs = max(5, math.ceil(steps / math.ceil(n / batch_size)))
-            print(f"  training a U-Net on {n} tasks for {epochs} epochs", file=sys.stderr)
-            started = time.perf_counter()
-            train_on_export(export, out, size=size, epochs=epochs, batch_size=batch_size, filters=filters,
-                            max_tasks=n, verbose=0, learning_rate=3e-3)
-            timing.write_text(f"{time.perf_counter() - started:.1f}\n")
-        models[n] = (out, float(timing.read_text()) if timing.is_file() else float("nan"))
+        models[n] = (out, train_unet(export, out, n, size, steps, batch_size, filters))
     return models
+
+
+def train_unet(export: Path, out: Path, n: int, size: int, steps: int, batch_size: int, filters, seed: int = 0) -> float:
+    """A U-Net trained by ``labeler train-segmenter``'s code on a seeded ``n`` of the export's train
+    tasks (all of them when it has ``n``) for about ``steps`` gradient steps (at least 5 epochs),
+    saved to ``out`` unless it is there; its training seconds (NaN when unrecorded)."""
+    from labeler.segmenting import train_on_export
+
+    timing = out.with_suffix(".seconds")
+    if not out.is_file():
+        epochs = max(5, math.ceil(steps / math.ceil(n / batch_size)))
+        print(f"  training a U-Net on {n} tasks for {epochs} epochs", file=sys.stderr)
+        started = time.perf_counter()
+        train_on_export(export, out, size=size, epochs=epochs, batch_size=batch_size, filters=filters,
+                        max_tasks=n, verbose=0, learning_rate=3e-3, seed=seed)
+        timing.write_text(f"{time.perf_counter() - started:.1f}\n")
+    return float(timing.read_text()) if timing.is_file() else float("nan")
 
 
 def source_masks(classifier: Path, segmenter: Path | None, source: str, images, roi_model: Path | None = None,
@@ -213,6 +220,15 @@ def source_masks(classifier: Path, segmenter: Path | None, source: str, images, 
     """What the backend draws for each image from ``source``, with its default settings (the
     anatomy prior ``roi_model`` as ``ROI_MODEL_PATH``; ``shape`` overrides ``CAM_SHAPE``):
     (H, W) bool per image, the union of the outlined regions."""
+    return cam_quality.masks_of(backend_prelabels(classifier, segmenter, source, images, roi_model, shape))
+
+
+def backend_prelabels(classifier: Path, segmenter: Path | None, source: str, images, roi_model: Path | None = None,
+                      shape: str | None = None) -> list:
+    """The ``explain.prelabel.Prelabel`` the backend makes for each image (each (H, W, 3) float in
+    [0, 1]) from ``source``, with its default settings, the anatomy prior ``roi_model`` and
+    ``shape`` as ``CAM_SHAPE`` (None: the default): masks and the prediction's score
+    (``Prelabel.confidence``)."""
     from backend.config import Settings
     from backend.predictor import prelabel_settings
     from explain.prelabel import Prelabeler
@@ -225,10 +241,10 @@ def source_masks(classifier: Path, segmenter: Path | None, source: str, images, 
     lesions = Segmenter(_loaded(load_segmenter, segmenter)) if source != "gradcam" else None
     lungs = Segmenter(_loaded(load_segmenter, roi_model)) if roi_model else None
     prelabeler = Prelabeler(loaded.model, loaded.spec, settings, segmenter=lesions, roi_model=lungs)
-    masks = []
+    prelabels = []
     for start in range(0, len(images), 16):
-        masks += cam_quality.masks_of(prelabeler(images[start : start + 16]))
-    return masks
+        prelabels += prelabeler(images[start : start + 16])
+    return prelabels
 
 
 @functools.lru_cache(maxsize=None)
@@ -244,9 +260,7 @@ def run_loop(name: str, tasks: list[dict], classifier: Path, roi_model: Path, ar
     train_count = sum(t["split"] == "train" for t in tasks)
     counts = [n for n in args.counts if n < train_count] + ([] if args.quick else [train_count])
     models = train_curve(export, counts, args.size, args.steps, args.batch_size, tuple(args.filters))
-    test = [t for t in tasks if t["split"] == "test"]
-    images = cam_quality.load_images([t["image"] for t in test])
-    truths, labels, lungs = [t["mask"] for t in test], [t["label"] for t in test], [t["lung"] for t in test]
+    images, truths, labels, lungs = scored_split(tasks)
     score = lambda masks: cam_quality.score(masks, truths, labels, lungs=lungs)  # noqa: E731
     scores = {**cam_quality.trivial_scores(truths, labels, lungs),
               "gradcam": score(source_masks(classifier, None, "gradcam", images, roi_model))}
@@ -258,6 +272,29 @@ def run_loop(name: str, tasks: list[dict], classifier: Path, roi_model: Path, ar
             "tasks": {split: sum(t["split"] == split for t in tasks) for split in ("train", "val", "test")},
             "test_opacity": sum(label == "opacity" for label in labels),
             "test_without_lungs": sum(lung is None for lung in lungs)}
+
+
+def scored_split(tasks: list[dict]) -> tuple[list, list, list, list]:
+    """The test tasks' images (as the backend reads them), true masks, labels ("opacity" / "clear")
+    and lung masks (None without one), in task order: what ``cam_quality.score`` takes."""
+    test = [t for t in tasks if t["split"] == "test"]
+    images = cam_quality.load_images([t["image"] for t in test])
+    return images, [t["mask"] for t in test], [t["label"] for t in test], [t["lung"] for t in test]
+
+
+def bench_dataset(strength: float, epochs: int) -> tuple[str, list[dict], Path, Path]:
+    """(name, tasks, classifier, lung ROI model) of the lesion benchmark at ``strength``, with
+    cam_quality's classifier trained for ``epochs``."""
+    classifier = cam_quality.classifier(strength, epochs=epochs)["path"]
+    lungs = prelabel_quality.lung_roi_model("bench", strength)["path"]
+    return f"bench-strength{strength:g}", lesion_bench_tasks(strength), classifier, lungs
+
+
+def real_dataset(classifier_epochs: int) -> tuple[str, list[dict], Path, Path]:
+    """(name, tasks, classifier, lung ROI model) of the real lesion masks (``real_lesion_tasks``)."""
+    tasks = real_lesion_tasks()
+    classifier = real_classifier({t["patient"] for t in tasks if t["split"] == "test"}, classifier_epochs)
+    return "real", tasks, classifier, prelabel_quality.lung_roi_model("real")["path"]
 
 
 # ---------------------------------------------------------------- report
@@ -272,7 +309,7 @@ def report(results: dict, args, seconds: float) -> str:
         MARKERS[0],
         f"## Pre-label quality of the segmenter loop (issue 5){' (quick: meaningless scores)' if args.quick else ''}",
         "",
-        f"{datetime.date.today().isoformat()}, {_machine()}, load average {load_average()}. "
+        f"{datetime.date.today().isoformat()}, {machine()}, load average {load_average()}. "
         f"Command: `.venv/bin/{command}` "
         f"(this run {seconds / 60:.0f} min; U-Nets and classifiers are cached, their training seconds are in the tables).",
         "",
@@ -340,7 +377,8 @@ def _row(name: str, trained_on: str, s: dict, seconds: str) -> str:
     return f"| {name} | {trained_on} | {cells} | {seconds} |"
 
 
-def _machine() -> str:
+def machine() -> str:
+    """The machine in words: CPU model, usable cores, RAM."""
     facts = hardware()
     return f"{facts['cpu']}, {facts['cores']} cores, {facts['ram_gib']:.0f} GiB"
 
@@ -365,14 +403,11 @@ def main():
     started = time.perf_counter()
     results = {}
     if args.only in (None, "bench"):
-        classifier = cam_quality.classifier(args.strength, epochs=bench_epochs)["path"]
-        lungs = prelabel_quality.lung_roi_model("bench", args.strength)["path"]
-        name = f"bench-strength{args.strength:g}"
-        results[name] = run_loop(name, lesion_bench_tasks(args.strength), classifier, lungs, args)
+        name, tasks, classifier, lungs = bench_dataset(args.strength, bench_epochs)
+        results[name] = run_loop(name, tasks, classifier, lungs, args)
     if args.only in (None, "real"):
-        tasks = real_lesion_tasks()
-        classifier = real_classifier({t["patient"] for t in tasks if t["split"] == "test"}, args.classifier_epochs)
-        results["real"] = run_loop("real", tasks, classifier, prelabel_quality.lung_roi_model("real")["path"], args)
+        name, tasks, classifier, lungs = real_dataset(args.classifier_epochs)
+        results[name] = run_loop(name, tasks, classifier, lungs, args)
     text = report(results, args, time.perf_counter() - started)
     print(text)
     if args.out:
