@@ -1,8 +1,9 @@
 """How sure a pre-label is: the score sent to Label Studio with every prediction, in [0, 1].
 
 Label Studio sorts the Data Manager by it and its "Uncertainty sampling" hands annotators the
-task with the LOWEST score next, so a low score must mean "this pre-label is likely wrong, a
-correction here teaches the segmenter most":
+task with the LOWEST score next, so a low score means "the model is unsure here" (whether that
+order trains a better segmenter than random order is measured by benchmarks/learning_curve.py:
+on our data it does not):
 
 - a segmenter's maps (sources "segmenter" and "fusion"): 1 - the mean binary entropy (bits) of its
   per-pixel lesion probabilities, over the region of interest (the lungs, when an anatomy prior is

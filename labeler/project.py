@@ -29,9 +29,7 @@ def init_project(
     options = {"region_labels": region_labels, "region_kinds": region_kinds}
     config = labeling_config(load_spec(model_path).class_names, **{k: v for k, v in options.items() if v})
     if ws.project_id is None:
-        # Label Stream serves the least sure open task first (the lowest prediction score of the
-        # active model version; explain.confidence): the next correction that teaches the most
-        project_id = ws.client.projects.create(title=title, label_config=config, sampling="Uncertainty sampling").id
+        project_id = ws.client.projects.create(title=title, label_config=config).id
     else:
         project_id = ws.project_id
         ws.client.projects.update(id=project_id, title=title, label_config=config)
