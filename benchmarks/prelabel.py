@@ -137,7 +137,7 @@ class StageTimers:
         import db.repository
         import explain.prelabel
         import explain.service as service
-        import labeler.prelabeling as prelabeling
+        import labeler.pipelines as pipelines
         from explain.labelstudio.fetch import ImageFetcher
         from explain.prelabel import Prelabeler
 
@@ -150,7 +150,7 @@ class StageTimers:
             (service, "prelabel_results", "results"),
             (type(ws.client.predictions), "create", "post"),
             (db.repository, "store_predictions", "database"),
-            (prelabeling, "load_classifier", "load"),
+            (pipelines, "load_classifier", "load"),
         ]
         originals = []
         for owner, name, stage in targets:

@@ -424,6 +424,7 @@ def prelabel(
     ws = Workspace(label_studio_url, api_key, project, database_url)
     if source is not None and source not in SOURCES:
         raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
+
     def settings_of(source):
         return prelabel_settings(
             method, layer, target, threshold, min_area, max_vertices, source, segmenter_threshold,
