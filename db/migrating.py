@@ -1,6 +1,8 @@
 """Alembic, configured in code: the migrations ship inside the package and need no alembic.ini."""
 from __future__ import annotations
 
+import fcntl
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,9 @@ def head_revision() -> str:
 def migrate(url: str) -> str:
     """Bring the database at `url` to the newest schema; a no-op when it is already there.
 
-    Safe on every start, also from several processes at once: on SQLite the upgrade runs in one
-    IMMEDIATE transaction; on PostgreSQL (whose concurrent CREATE TABLEs would collide) it holds
+    Safe on every start, also from several processes at once: on SQLite the upgrade holds an
+    exclusive ``flock`` on the database file (SQLite's own locks are fcntl locks, which flock does
+    not touch), so one process migrates and the others then find the file at head; on PostgreSQL (whose concurrent CREATE TABLEs would collide) it holds
     a session advisory lock (`MIGRATION_LOCK_KEY`) for the whole upgrade, so the others wait and
     then find the database at head. Creates a SQLite file's parent folder when missing. Returns
     the head revision id. Raises `db.engine.DatabaseUnavailable` (one line, password masked)
@@ -53,7 +56,8 @@ def migrate(url: str) -> str:
         if make_url(url).get_backend_name() == "postgresql":
             _upgrade_locked(url)
         else:
-            command.upgrade(alembic_config(url), "head")
+            with _sqlite_file_lock(url):
+                command.upgrade(alembic_config(url), "head")
     return head_revision()
 
 
@@ -98,6 +102,23 @@ def _upgrade_locked(url: str) -> None:
                 connection.commit()
     finally:
         engine.dispose()
+
+
+@contextmanager
+def _sqlite_file_lock(url: str):
+    """An exclusive advisory lock on a SQLite database file (none for in-memory databases)."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    path = Path(database).expanduser()
+    with open(path, "rb" if path.exists() else "ab") as handle:  # a read-only file locks too; a missing one is created, as SQLite would
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _ensure_sqlite_folder(url: str) -> None:
