@@ -97,6 +97,7 @@ class Settings:
     train_epochs: int = 30
     train_size: int = 128
     train_stale_after: float = 60.0  # seconds without a heartbeat before a running job is taken over
+    # = models.loading.MODEL_CACHE, not imported here: no Keras before gunicorn forks
     model_cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "labeler-models")
 
     def source_for(self, project_id: int | None) -> str:

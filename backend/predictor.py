@@ -14,7 +14,7 @@ from explain.anatomy import PriorSettings
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.prelabel import prelabel_settings as shared_prelabel_settings
 from explain.sources import source_named
-from models.loading import LoadedModel, load_classifier, load_segmenter, unpack_model, with_mixed_precision
+from models.loading import LoadedModel, load_classifier, load_segmenter, unpack_segmenter, with_mixed_precision
 from models.segmentation import Segmenter
 from models.spec import load_spec
 
@@ -115,7 +115,7 @@ class Predictor:
 
         def build():
             weights, spec_json = stored()
-            path = unpack_model(weights, spec_json, self.settings.model_cache_dir, f"segmenter-{weights_id}")
+            path = unpack_segmenter(weights, spec_json, weights_id, self.settings.model_cache_dir)
             segmenter = self._model(f"segmenter:{weights_id}", lambda: Segmenter(load_segmenter(path), self.settings.batch_size))
             return self.build("segmenter", segmenter)
 

@@ -31,9 +31,9 @@ from explain.labelstudio.fetch import ImageFetcher
 from explain.labelstudio.results import label_masks, result_labels
 from explain.service import PrelabelService
 from models.agreement import dice, edit_fraction
-from models.loading import load_segmenter, model_file_bytes, unpack_model, weights_version
+from models.loading import load_segmenter, model_file_bytes, unpack_segmenter, weights_version
 from models.segmentation import Segmenter, fit_unet
-from models.splits import patient_key, split_of
+from models.splits import carve_validation, patient_key, split_of
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class ProjectTrainer:
 
         weights = model_file_bytes(model)
         weights_id = weights_version(model)
-        path = unpack_model(weights, spec.to_json(), settings.model_cache_dir, f"segmenter-{weights_id}")
+        path = unpack_segmenter(weights, spec.to_json(), weights_id, settings.model_cache_dir)
         candidate = self.predictor.build("segmenter", Segmenter(load_segmenter(path), settings.batch_size))
         progress(f"scoring on {len(splits['test'])} held-out tasks")
         scores = self._score(splits["test"], labels, config, fetcher, {"candidate": candidate, "incumbent": current})
@@ -206,9 +206,7 @@ class ProjectTrainer:
         epochs = self.settings.train_epochs
         images, masks = train
         if val is None or len(val[0]) == 0:  # as train-segmenter: 15 % of train validates
-            order = np.random.default_rng(SEED).permutation(len(images))
-            held = order[: max(1, round(0.15 * len(images)))] if len(images) > 1 else order[:0]
-            fit = np.setdiff1d(order, held)
+            fit, held = carve_validation(len(images), 0.15, SEED)
             val = (images[held], masks[held])
             images, masks = images[fit], masks[fit]
 

@@ -20,6 +20,7 @@ from explain.regions import resize_heatmap
 from explain.regions import RegionSettings, Threshold, extract_regions
 from models.agreement import dice, edit_fraction, iou
 from models.datasets import export_labels, export_rows
+from models.splits import carve_validation
 
 
 @dataclass
@@ -109,14 +110,6 @@ def resized_pairs(split: ExportSplit, size: tuple[int, int]) -> tuple[np.ndarray
         for m in split.masks
     ])
     return images, masks
-
-
-def carve_validation(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val) of ``count`` tasks with ``round(fraction * count)`` (at least one when
-    count >= 2) drawn for validation, seeded."""
-    order = np.random.default_rng(seed).permutation(count)
-    n_val = min(count - 1, max(1 if count >= 2 else 0, int(round(fraction * count))))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 @dataclass(frozen=True)

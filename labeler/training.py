@@ -4,7 +4,6 @@ list, promote or roll back the project's segmenters, all through our database (`
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +11,8 @@ from pathlib import Path
 from db import jobs, registry, repository
 from db.schema import TrainingJob
 from labeler.workspace import Workspace
-from models.loading import unpack_model
+from models.loading import unpack_segmenter
 
-MODEL_CACHE = Path(tempfile.gettempdir()) / "labeler-models"  # the backend's MODEL_CACHE_DIR default
 
 
 def _project(session, ws: Workspace):
@@ -124,5 +122,5 @@ def promoted_segmenter(ws: Workspace) -> tuple[int, Path] | None:
         model = registry.current_segmenter(session, project) if project is not None else None
         if model is None:
             return None
-        path = unpack_model(model.weights, json.dumps(model.spec), MODEL_CACHE, f"segmenter-{model.weights_id}")
+        path = unpack_segmenter(model.weights, json.dumps(model.spec), model.weights_id)
         return model.id, path

@@ -54,6 +54,14 @@ def model_file_bytes(model: keras.Model) -> bytes:
         return path.read_bytes()
 
 
+MODEL_CACHE = Path(tempfile.gettempdir()) / "labeler-models"  # backend MODEL_CACHE_DIR's default too
+
+
+def unpack_segmenter(weights: bytes, spec_json: str, weights_id: str, folder: str | Path = MODEL_CACHE) -> Path:
+    """A registry segmenter (``db.registry``) as ``folder/segmenter-<weights id>.keras`` (``unpack_model``)."""
+    return unpack_model(weights, spec_json, folder, f"segmenter-{weights_id}")
+
+
 def unpack_model(weights: bytes, spec_json: str, folder: str | Path, name: str) -> Path:
     """Write a stored model (its ``.keras`` bytes and spec JSON) as ``folder/<name>.keras`` with its
     spec beside it, once (an existing, complete copy is reused); returns the model's path."""

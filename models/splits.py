@@ -1,8 +1,11 @@
-"""Patient-level splits of a project's tasks, shared by ``labeler export`` and the backend's
-training jobs so that both put every task on the same side (pure Python, no TensorFlow)."""
+"""Patient-level splits of a project's tasks, and the validation carved out of a train split,
+shared by ``labeler export`` / ``train-segmenter`` and the backend's training jobs so that both
+put every task on the same side (no TensorFlow)."""
 from __future__ import annotations
 
 import hashlib
+
+import numpy as np
 
 SPLIT_NAMES = ("train", "val", "test")
 PATIENT_KEYS = ("patient_id", "patient")
@@ -31,3 +34,9 @@ def patient_key(data: dict | None, ls_task_id: int) -> str:
     return f"task-{ls_task_id}"
 
 
+def carve_validation(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of ``count`` tasks with ``round(fraction * count)`` (at least one when
+    count >= 2) drawn for validation, seeded."""
+    order = np.random.default_rng(seed).permutation(count)
+    n_val = min(count - 1, max(1 if count >= 2 else 0, int(round(fraction * count))))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

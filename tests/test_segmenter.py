@@ -23,7 +23,8 @@ from explain.labelstudio.results import brush_result, choices_result
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.regions import RegionSettings, Threshold
 from labeler.cli import app
-from labeler.segmenting import carve_validation, score_labels
+from labeler.segmenting import score_labels
+from models.splits import carve_validation
 from labeler.synthetic import synthetic_radiograph
 from labeler.workspace import Workspace
 from models.classifiers import build_small_cnn
