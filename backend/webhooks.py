@@ -124,7 +124,7 @@ def _task(session, project, task_id: int, task):
         if live is not None:
             return live
         uri = task_image_uri(data, None)  # a new row records the best guess (its first string value)
-    return repository.live_task(session, project, task_id, uri)
+    return repository.live_task(session, project, task_id, uri, **repository.task_origin(data))
 
 
 def _image_uri(data: dict, config: str | None) -> str | None:

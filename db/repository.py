@@ -118,13 +118,17 @@ def live_task(
     content_hash: str | None = None,
     width: int | None = None,
     height: int | None = None,
+    patient_key: str | None = None,
+    source_name: str | None = None,
 ) -> Task:
     """The live task for `ls_task_id`, created when there is none.
 
     Label Studio reuses task ids after deletes: when the live row shows another image (another
     ``image_uri`` in `normal_image_uri` form, or another known ``content_hash``), it is marked
     deleted and a new row created. An empty ``image_uri`` means "not known" and matches any
-    row. A missing image URI, hash and size (pixels) on a matching row are filled in.
+    row. A missing image URI, hash and size (pixels) on a matching row are filled in; a given
+    ``patient_key`` / ``source_name`` (see `task_origin`) replaces the stored one, since the
+    task data may change in Label Studio (e.g. ``labeler rekey-patients``).
     """
     check_id(ls_task_id, "ls_task_id")
     if not isinstance(image_uri, str):
@@ -134,6 +138,9 @@ def live_task(
         fill = (("image_uri", image_uri or None), ("content_hash", content_hash), ("width", width), ("height", height))
         for name, value in fill:
             if value is not None and not getattr(task, name):
+                setattr(task, name, value)
+        for name, value in (("patient_key", patient_key), ("source_name", source_name)):
+            if value is not None and getattr(task, name) != value:
                 setattr(task, name, value)
         session.flush()
         return task
@@ -147,8 +154,28 @@ def live_task(
         content_hash=content_hash,
         width=width,
         height=height,
+        patient_key=patient_key,
+        source_name=source_name,
     )
     return _add_unique(session, new, lambda: get_live_task(session, project, ls_task_id))
+
+
+PATIENT_DATA_KEY = "patient"  # task data key of the keyed patient value (labeler.patients)
+SOURCE_DATA_KEY = "source"  # task data key of the original file's path, as imported
+_PATIENT_MAX = 64
+_SOURCE_MAX = 1024
+
+
+def task_origin(data: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """``{"patient_key": ..., "source_name": ...}`` from a task's data (its ``patient`` and
+    ``source`` values), for `live_task`; a missing, non-string, empty or too long value is None."""
+    data = data if isinstance(data, Mapping) else {}
+
+    def text(key: str, limit: int) -> str | None:
+        value = data.get(key)
+        return value if isinstance(value, str) and 0 < len(value) <= limit else None
+
+    return {"patient_key": text(PATIENT_DATA_KEY, _PATIENT_MAX), "source_name": text(SOURCE_DATA_KEY, _SOURCE_MAX)}
 
 
 def _same_image(task: Task, image_uri: str, content_hash: str | None) -> bool:
@@ -536,12 +563,15 @@ class PredictionRecord:
     score: float
     heatmaps: Sequence[tuple[str, np.ndarray]]
     results: Sequence[Mapping[str, Any]]
+    patient_key: str | None = None
+    source_name: str | None = None
 
     @classmethod
-    def of(cls, prelabel, ls_task_id: int, image_uri: str, content_hash: str | None, results, score: float):
+    def of(cls, prelabel, ls_task_id: int, image_uri: str, content_hash: str | None, results, score: float, data=None):
         """From an ``explain.prelabel.Prelabel`` (read by attribute: width, height,
-        probabilities, predicted, classes[].class_name / .heatmap)."""
+        probabilities, predicted, classes[].class_name / .heatmap) and the task's data."""
         return cls(
+            **task_origin(data),
             ls_task_id=ls_task_id,
             image_uri=image_uri,
             content_hash=content_hash,
@@ -571,7 +601,8 @@ def store_predictions(
     version = model_version(session, version_name, weights_id, settings)
     for record in records:
         task = live_task(
-            session, project, record.ls_task_id, record.image_uri, record.content_hash, record.width, record.height
+            session, project, record.ls_task_id, record.image_uri, record.content_hash, record.width, record.height,
+            record.patient_key, record.source_name,
         )
         for class_name, heatmap in record.heatmaps or [(record.predicted_class, None)]:
             add_prediction(
@@ -656,10 +687,10 @@ def store_outcomes(
     label_studio: str = "",
 ) -> Project:
     """`store_predictions` for a batch of ``explain.service.TaskOutcome`` (read by attribute:
-    ``task_id``, ``uri``, ``content_hash``, ``prelabel``, ``answer``, ``failure``), as the backend
-    and ``labeler prelabel`` both store them."""
+    ``task_id``, ``uri``, ``content_hash``, ``prelabel``, ``answer``, ``failure``, ``data``), as the
+    backend and ``labeler prelabel`` both store them."""
     records = [
-        PredictionRecord.of(o.prelabel, o.task_id, o.uri, o.content_hash, o.answer["result"], o.answer["score"])
+        PredictionRecord.of(o.prelabel, o.task_id, o.uri, o.content_hash, o.answer["result"], o.answer["score"], o.data)
         for o in outcomes
         if o.prelabel is not None
     ]

@@ -69,11 +69,17 @@ class Project(Base):
 
 class Task(Base):
     """One image task. Label Studio reuses task ids after deletes: a deleted task keeps its row
-    (``deleted_at`` set) and at most one live row exists per (project, ls_task_id)."""
+    (``deleted_at`` set) and at most one live row exists per (project, ls_task_id).
+
+    ``patient_key`` is the task data's ``patient`` value (a keyed hash, see
+    ``labeler.patients``; None when the task has none) and ``source_name`` its ``source`` value
+    (the original file's path as imported, relative to the folder or manifest it came from)."""
 
     __tablename__ = "tasks"
     __table_args__ = (
         Index("ix_tasks_project_id_ls_task_id", "project_id", "ls_task_id"),
+        Index("ix_tasks_project_id_content_hash", "project_id", "content_hash"),
+        Index("ix_tasks_project_id_source_name", "project_id", "source_name"),
         Index(
             "uq_tasks_project_id_ls_task_id_live",
             "project_id",
@@ -91,6 +97,8 @@ class Task(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64))
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
+    patient_key: Mapped[str | None] = mapped_column(String(64))
+    source_name: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

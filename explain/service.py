@@ -34,10 +34,11 @@ Stage = Callable[[str], AbstractContextManager]
 class TaskOutcome:
     """One task of a batch: its image URI, content hash (sha256 hex of the image bytes), the
     pre-label and the answer for Label Studio, or the failure ``(kind, message)``; the message
-    names the task id, never a file path."""
+    names the task id, never a file path. ``data`` is the task's data as Label Studio sent it."""
 
     task_id: int
     uri: str | None
+    data: dict = field(default_factory=dict, repr=False)
     image: np.ndarray | None = field(default=None, repr=False)
     content_hash: str | None = None
     prelabel: Prelabel | None = None
@@ -75,7 +76,7 @@ class PrelabelService:
 
     def read(self, tasks: Sequence[dict]) -> list[TaskOutcome]:
         """Each task (``{"id": int, "data": {...}}``) with its image decoded, or its failure."""
-        outcomes = [TaskOutcome(task["id"], task["data"].get(self.plan.data_key)) for task in tasks]
+        outcomes = [TaskOutcome(task["id"], task["data"].get(self.plan.data_key), task["data"]) for task in tasks]
         with self.stage("read"):  # the wall time; "fetch" and "decode" add up every thread's time
             if len(outcomes) > 1 and self.readers > 1:
                 with ThreadPoolExecutor(min(self.readers, len(outcomes)), thread_name_prefix="read") as pool:

@@ -39,7 +39,10 @@ def sync_project(ws: Workspace) -> SyncReport:
             session, project_id, title=details.title, label_config=details.label_config, label_studio=ws.label_studio
         )
         for task in tasks:
-            live = repository.live_task(session, project, task["id"], task_image_uri(task.get("data") or {}, details.label_config))
+            data = task.get("data") or {}
+            live = repository.live_task(
+                session, project, task["id"], task_image_uri(data, details.label_config), **repository.task_origin(data)
+            )
             for annotation in task.get("annotations") or []:
                 seen_annotations.add(annotation["id"])
                 last = repository.last_revision(session, project, annotation["id"])

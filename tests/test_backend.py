@@ -109,7 +109,9 @@ def _weights(model_path):
 
 
 def test_predict_answers_one_result_per_task_in_order_and_stores_them(client, sessions):
-    answer = client.post("/predict", json=predict_body(task(11, "img0.png"), task(12, "img1.png"), task(13, "img2.png")))
+    first = task(11, "img0.png")
+    first["data"].update(patient="k1:p9", source="ward/img0.dcm")
+    answer = client.post("/predict", json=predict_body(first, task(12, "img1.png"), task(13, "img2.png")))
     assert answer.status_code == 200
     results = answer.json["results"]
     assert len(results) == 3
@@ -132,6 +134,9 @@ def test_predict_answers_one_result_per_task_in_order_and_stores_them(client, se
                 assert region["value"]["choices"][0] in ("covid", "normal", "pneumonia")
     assert sum(r["type"] == "brushlabels" for result in results for r in result["result"]) >= 1
     assert count(sessions, Task) == 3
+    with sessions() as session:
+        origins = session.execute(select(Task.ls_task_id, Task.patient_key, Task.source_name).order_by(Task.ls_task_id)).all()
+    assert origins == [(11, "k1:p9", "ward/img0.dcm"), (12, None, None), (13, None, None)]
     assert count(sessions, Prediction) == 3
     with sessions() as session:
         stored = session.scalars(select(Prediction).join(Task).where(Task.ls_task_id == 12)).one()
@@ -200,7 +205,7 @@ def annotation_event(action, annotation_id=5, task_id=11, result=None, updated="
             "updated_by": 1, "lead_time": 12.5, "was_cancelled": False, "ground_truth": False,
             "parent_prediction": 3, "created_at": "2026-11-28T09:59:00Z", "updated_at": updated,
         },
-        "task": {"id": task_id, "data": {"image": "/data/local-files/?d=xrays/img0.png"}},
+        "task": {"id": task_id, "data": {"image": "/data/local-files/?d=xrays/img0.png", "patient": "k1:p1", "source": "a/img0.png"}},
         "project": {"id": 7, "title": "CXR"},
     }
 
@@ -219,6 +224,8 @@ def test_webhooks_store_revisions_once_and_never_overwrite(client, sessions):
         revisions = session.scalars(select(AnnotationRevision).order_by(AnnotationRevision.id)).all()
     assert [r.action for r in revisions] == ["created", "updated", "deleted"]
     assert revisions[0].result == region and revisions[0].lead_time == 12.5 and revisions[0].parent_prediction == 3
+    with sessions() as session:
+        assert session.execute(select(Task.patient_key, Task.source_name)).one() == ("k1:p1", "a/img0.png")
     tasks_deleted = {"action": "TASKS_DELETED", "tasks": [{"id": 11}], "project": {"id": 7}}
     assert client.post("/webhook", json=tasks_deleted).json == {"status": "ok", "deleted": 1}
     assert count(sessions, Task, Task.deleted_at.is_(None)) == 0 and count(sessions, Task) == 1

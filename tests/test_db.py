@@ -262,6 +262,30 @@ def test_live_task_compares_label_studio_urls_in_normal_form(session, project):
     assert repo.normal_image_uri("http://[::1/data/x.png") == "http://[::1/data/x.png"
 
 
+def test_a_task_records_its_patient_and_source_from_the_task_data(session, project):
+    origin = repo.task_origin({"image": "a.png", "patient": "k1:abc", "source": "ward 3/a.dcm"})
+    assert origin == {"patient_key": "k1:abc", "source_name": "ward 3/a.dcm"}
+    task = db.live_task(session, project, 8, "a.png", **origin)
+    assert (task.patient_key, task.source_name) == ("k1:abc", "ward 3/a.dcm")
+    assert db.live_task(session, project, 8, "a.png") is task and task.patient_key == "k1:abc"  # unknown: kept
+    db.live_task(session, project, 8, "a.png", patient_key="k1:def")  # e.g. after rekey-patients
+    session.commit()
+    assert (task.patient_key, task.source_name) == ("k1:def", "ward 3/a.dcm")
+    for data in (None, {}, {"patient": 3, "source": ""}, {"patient": "x" * 65, "source": ["a"]}):
+        assert repo.task_origin(data) == {"patient_key": None, "source_name": None}
+
+
+def test_migration_0005_adds_and_drops_the_task_origin(url, engine):
+    config = db.alembic_config(url)
+    command.downgrade(config, "0004")
+    assert not {"patient_key", "source_name"} & {c["name"] for c in sa.inspect(engine).get_columns("tasks")}
+    command.upgrade(config, "head")
+    assert {"patient_key", "source_name"} <= {c["name"] for c in sa.inspect(engine).get_columns("tasks")}
+    indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(engine).get_indexes("tasks")}
+    assert indexes["ix_tasks_project_id_content_hash"] == ["project_id", "content_hash"]
+    assert indexes["ix_tasks_project_id_source_name"] == ["project_id", "source_name"]
+
+
 def test_a_task_recorded_without_its_image_takes_the_first_one_given(session, project):
     first = db.live_task(session, project, 5, "")
     assert db.live_task(session, project, 5, "/data/upload/1/y.png", content_hash="h", width=3, height=4) is first

@@ -58,7 +58,6 @@ def _segmenter(session, project, weights=b"keras-bytes", **changes):
 
 def test_migration_0004_adds_and_drops_the_training_tables(url, engine):
     config = db.alembic_config(url)
-    assert db.head_revision() == "0004"
     assert NEW_TABLES <= set(sa.inspect(engine).get_table_names())
     command.downgrade(config, "0003")
     tables = set(sa.inspect(engine).get_table_names())
