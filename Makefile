@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/learning_curve.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/export_memory.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/prelabel_scale.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/scale.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out
