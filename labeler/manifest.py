@@ -76,17 +76,25 @@ class Manifest:
 
     def count(self) -> int:
         """The number of data rows (one pass over the file, nothing kept)."""
-        with _open(self.file) as handle:
-            return sum(1 for row in csv.reader(handle) if any(cell.strip() for cell in row)) - 1
+        return sum(1 for _ in self._rows())
 
     def items(self) -> Iterator[Item]:
         """One `Item` per non-empty data row, in file order."""
-        with _open(self.file) as handle:
-            reader = csv.reader(handle)
-            next(reader, None)
-            for row in reader:
-                if any(cell.strip() for cell in row):
-                    yield self._item(row, reader.line_num)
+        for row, line in self._rows():
+            yield self._item(row, line)
+
+    def _rows(self) -> Iterator[tuple[list[str], int]]:
+        """The non-empty data rows with their line numbers; ValueError (one line) where the file
+        stops being UTF-8 CSV."""
+        try:
+            with _open(self.file) as handle:
+                reader = csv.reader(handle)
+                next(reader, None)
+                for row in reader:
+                    if any(cell.strip() for cell in row):
+                        yield row, reader.line_num
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"{self.file.name}: not a UTF-8 CSV file ({type(exc).__name__})") from None
 
     def _item(self, row: list[str], line: int) -> Item:
         where = f"{self.file.name} line {line}"
