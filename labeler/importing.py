@@ -330,14 +330,12 @@ def _largest_task_id(ws: Workspace, project_id: int) -> int:
 
 
 def _unkeyed_count(ws: Workspace, project_id: int) -> int:
-    """How many tasks hold a ``patient`` value without the key prefix (`labeler.patients.is_unkeyed`),
-    by a regex filter (checked on the first page, since Label Studio matches any JSON value)."""
+    """How many tasks hold an old, unkeyed ``patient`` value (`labeler.patients.is_unkeyed`): those
+    a regex filter keeps (none in a keyed project: one request, nothing listed), checked one by one
+    since Label Studio matches the text of any JSON value, numbers too."""
     condition = _item("data.patient", "regex", "String", f"^(?!{PREFIX}).")
-    answer = _tasks_page(ws, project_id, {"filters": _filters(condition)}, 1, 100)
-    tasks = answer.get("tasks") or []
-    if not any(is_unkeyed((task.get("data") or {}).get("patient")) for task in tasks):
-        return 0
-    return int(answer.get("total") or len(tasks))
+    pages = _pages(ws, project_id, {"filters": _filters(condition)})
+    return sum(is_unkeyed((task.get("data") or {}).get("patient")) for page in pages for task in page)
 
 
 def _ensure_storage(ws, project_id, folder: Path):
