@@ -498,6 +498,28 @@ def live_tasks(session: Session, project: Project) -> list[Task]:
     return list(session.scalars(query))
 
 
+def known_sources(session: Session, project: Project, source_names: Iterable[str]) -> set[str]:
+    """Those of ``source_names`` that a live task of the project has (one indexed query)."""
+    names = list(set(source_names))
+    if not names:
+        return set()
+    query = select(Task.source_name).where(
+        Task.project_id == project.id, Task.deleted_at.is_(None), Task.source_name.in_(names)
+    )
+    return set(session.scalars(query))
+
+
+def known_content(session: Session, project: Project, content_hashes: Iterable[str]) -> set[str]:
+    """Those of ``content_hashes`` that a live task of the project shows (one indexed query)."""
+    hashes = list(set(content_hashes))
+    if not hashes:
+        return set()
+    query = select(Task.content_hash).where(
+        Task.project_id == project.id, Task.deleted_at.is_(None), Task.content_hash.in_(hashes)
+    )
+    return set(session.scalars(query))
+
+
 def current_annotations(session: Session, project: Project) -> list[AnnotationRevision]:
     """The last revision of every annotation on the project's live tasks, deleted ones left out."""
     last_ids = (

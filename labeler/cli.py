@@ -354,24 +354,38 @@ def init(
 
 @app.command("import")
 def import_command(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, DICOM).")],
+    paths: Annotated[
+        Optional[list[Path]], typer.Argument(help="Image files or folders (PNG, JPEG, DICOM; folders searched recursively).")
+    ] = None,
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option(help="CSV with a header: path (relative to the CSV's folder, or absolute), and optionally "
+                     "patient, study, date, split (train/val/test) and any other column, kept as task data."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tasks per bulk request to Label Studio.")] = 250,
     document_root: DocumentRoot = None,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
     project: ProjectId = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE,
 ):
-    """Add images to the project as PNG under Label Studio's document root, skipping ones already there.
-    A DICOM's PatientID becomes a keyed hash (secret: the database's, or PATIENT_KEY_SECRET); a project
-    with old unkeyed patient values is refused until `labeler rekey-patients` has converted them."""
-    from labeler.project import import_images
+    """Add images to the project as PNG under Label Studio's document root, skipping files already
+    imported (same source path, without reading them) and images already there (same content). Each
+    task records its source path and, when known, its patient as a keyed hash (of the manifest's
+    patient id, else of the DICOM PatientID; secret: the database's, or PATIENT_KEY_SECRET). A project
+    with old unkeyed patient values is refused until `labeler rekey-patients` has converted them.
+    A rerun after a kill or an error goes on where it stopped."""
+    from labeler.importing import import_images
 
     if document_root is None:
         raise ValueError("--document-root (Label Studio's LOCAL_FILES_DOCUMENT_ROOT) is required")
-    report = import_images(Workspace(label_studio_url, api_key, project, database_url, writes=False), paths, document_root)
+    ws = Workspace(label_studio_url, api_key, project, database_url)
+    report = import_images(ws, paths or [], document_root, manifest=manifest, batch=batch_size)
     for line in report.errors:
         errors.print(f"error: {line}", markup=False, highlight=False)
-    console.print(f"imported {report.added}, skipped {report.skipped} already in the project, {len(report.errors)} unreadable")
+    if report.recovered:
+        console.print(f"recorded {report.recovered} task(s) that an interrupted import had created")
+    console.print(f"imported {report.added}, skipped {report.skipped} already in the project, {len(report.errors)} failed")
     if report.errors:
         raise typer.Exit(1)
 

@@ -121,7 +121,8 @@ class BackendProcess:
 
 def start_demo(folder: Path, port: int | None = None, log=print) -> Demo:
     """Start (or restart) the demo and pre-label its project; returns the running demo."""
-    from labeler.project import connect_backend, import_images, init_project, set_active_model_version
+    from labeler.importing import import_images
+    from labeler.project import connect_backend, init_project, set_active_model_version
 
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from db.migrating import migrate
 from db.schema import Installation
 from labeler.cli import app
 from labeler.patients import keyed, patient_key, patient_secret
-from labeler.project import _as_png
+from labeler.importing import _as_png
 from labeler.workspace import Workspace
 from test_workflow import write_dicom
 
