@@ -234,7 +234,8 @@ def fetch_comparison(ws, tasks, document_root: Path) -> dict:
 def run_batch(server, model_path: Path, files: list[Path], batch: int, database_url: str, rerun: bool) -> dict:
     from explain.prelabel import PrelabelSettings, model_inputs
     from labeler.prelabeling import prelabel_project
-    from labeler.project import import_images, init_project
+    from labeler.importing import import_images
+    from labeler.project import init_project
     from labeler.workspace import Workspace
     from models.loading import load_classifier
 
