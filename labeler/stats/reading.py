@@ -146,7 +146,8 @@ def _read_chunk(session: Session, tasks: list[TaskRow], pick: Picker, model_vers
     )
     if model_version_id is not None:
         query = query.where(Prediction.model_version_id == model_version_id)
-    for pid, task_id, version, created in session.execute(query.order_by(Prediction.id)):
+    # sorted here, not by ORDER BY id: that makes SQLite walk the model version's index instead
+    for pid, task_id, version, created in sorted(session.execute(query)):
         by_id[task_id].predictions.append(PredictionRow(pid, version, created))
 
     picked: dict[int, PredictionRow] = {}
