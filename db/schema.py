@@ -131,6 +131,8 @@ class Prediction(Base):
     """
 
     __tablename__ = "predictions"
+    # stats' candidate predictions per chunk of tasks, read from the index alone
+    __table_args__ = (Index("ix_predictions_task_id_model_version_id_created_at", "task_id", "model_version_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
@@ -163,6 +165,8 @@ class AnnotationRevision(Base):
     __tablename__ = "annotation_revisions"
     __table_args__ = (
         CheckConstraint("action IN ('created', 'updated', 'deleted')", name="action"),
+        # stats' revision counts and first / last ids per chunk of tasks, read from the index alone
+        Index("ix_annotation_revisions_task_id_ls_annotation_id", "task_id", "ls_annotation_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -619,15 +619,18 @@ def stats(
     database_url: DatabaseUrl = DEFAULT_DATABASE,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the CSV files and report.html (default: out/stats/project-N).")] = None,
     model_version: Annotated[Optional[str], typer.Option(help="Compare with this model version's pre-labels only (default: any).")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Only annotations last updated at or after this ISO date / time (UTC unless given).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Only annotations last updated before this ISO time; a date alone includes that whole day.")] = None,
 ):
     """Pre-label vs final annotation and annotator agreement: Dice, IoU, HD95, kappas; CSV + HTML report."""
-    from labeler.stats import run
+    from labeler.stats import parse_window, run
     from labeler.stats.tables import terminal_tables
 
+    window = parse_window(since, until)
     ws = Workspace(label_studio_url, project_id=project)
     project_id = ws.require_project()
     out = out or Path("out") / "stats" / f"project-{project_id}"
-    result, tables = run(database_url, project_id, out, model_version, ws.label_studio)
+    result, tables = run(database_url, project_id, out, model_version, ws.label_studio, window)
     for table in terminal_tables(result, tables):
         console.print(table)
     console.print(f"wrote {out / 'report.html'} and the CSV files beside it")

@@ -421,3 +421,170 @@ def test_report_escapes_project_title_and_labels(tmp_path):
     assert page.count("&lt;script&gt;alert(&#39;label&#39;)&lt;/script&gt;") >= 2  # per class, between annotators
     assert "&lt;b&gt;mv&lt;/b&gt;" in page and "a&amp;b &lt;i&gt;" in page
     assert {r["label"] for r in read_csv(out / "per_class.csv")} == {label}  # the CSV keeps the text as it is
+
+
+# --- streaming, time window ----------------------------------------------------------------------
+
+
+def scenario_tables(url, **kwargs):
+    """Every CSV table's text for `collect` of PROJECT with these arguments."""
+    from labeler.stats import build_tables, collect
+
+    with Workspace(database_url=url).sessions() as s:
+        stats = collect(s, PROJECT, **kwargs)
+    tables = build_tables(stats)
+    return {name: [{k: str(v) for k, v in row.items()} for row in rows] for name, rows in tables.named().items()}, stats
+
+
+def test_chunks_of_any_size_give_the_same_tables(db_url):
+    whole, stats = scenario_tables(db_url)
+    for chunk in (1, 2, 3):
+        assert scenario_tables(db_url, chunk=chunk)[0] == whole, chunk
+    # the worst annotations get their results back for the thumbnails, from the database
+    shown = [s for s in stats.annotations if s.prediction_id is not None]
+    assert all(s.final_results and s.pred_results for s in shown)
+    worst = shown[0]
+    with Workspace(database_url=db_url).sessions() as s:
+        from db.schema import AnnotationRevision, Prediction
+
+        assert worst.final_results == s.get(AnnotationRevision, worst.revision_id).result
+        assert worst.pred_results == s.get(Prediction, worst.prediction_id).results
+
+
+def many_tasks(url, n, annotators=2):
+    """Project PROJECT with `n` tasks, each with one prediction and `annotators` annotations."""
+    with Workspace(database_url=url).sessions() as s:
+        project = repo.upsert_project(s, PROJECT, title="many")
+        version = repo.model_version(s, "mv", "w", {})
+        for n_task in range(1, n + 1):
+            t = repo.live_task(s, project, n_task, f"/data/upload/{n_task}.png", width=W, height=H)
+            repo.add_prediction(s, t, version, {"opacity": 1.0}, "opacity", 1.0, "opacity", None,
+                                [choice("opacity"), brush(rect(2, 10 + n_task % 7, 2, 12))])
+            for who in range(1, annotators + 1):
+                repo.add_annotation_revision(s, t, 1000 * n_task + who, "created",
+                                             [choice("opacity"), brush(rect(3, 12, 2, 10 + who))], completed_by=who)
+        s.commit()
+
+
+def statements_of_collect(url, **kwargs):
+    from sqlalchemy import event
+
+    from labeler.stats import collect
+
+    sessions = Workspace(database_url=url).sessions
+    engine = sessions.kw["bind"]
+    seen = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with sessions() as s:
+            stats = collect(s, PROJECT, **kwargs)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(seen), stats
+
+
+@pytest.mark.parametrize("model_version", [None, "mv"])
+def test_sql_statements_do_not_grow_with_the_tasks(tmp_path, model_version):
+    counts = {}
+    for n in (10, 40):
+        url = f"sqlite:///{tmp_path}/{n}-{model_version}.db"
+        many_tasks(url, n)
+        counts[n], stats = statements_of_collect(url, model_version=model_version)
+        assert len(stats.annotations) == 2 * n and len(stats.pairs) == n
+        # in chunks of 16 tasks: a fixed number of statements per chunk, not per task
+        small, _ = statements_of_collect(url, model_version=model_version, chunk=16)
+        chunks = -(-n // 16)
+        assert small - counts[n] <= 8 * (chunks - 1), (n, small, counts[n])
+    assert counts[10] == counts[40]
+
+
+def windowed_db(url):
+    """Four annotations on four tasks, last updated on different days; 'b' has an old first
+    revision and a new one, 'c' no Label Studio times (its received time counts)."""
+    days = {d: datetime(2025, 3, d, 9, 30, tzinfo=timezone.utc) for d in range(1, 32)}
+    with Workspace(database_url=url).sessions() as s:
+        project = repo.upsert_project(s, PROJECT)
+        old, new = repo.model_version(s, "old", "w1", {}), repo.model_version(s, "new", "w2", {})
+        tasks = [repo.live_task(s, project, n, f"/data/upload/{n}.png", width=W, height=H) for n in (1, 2, 3, 4)]
+        for t in tasks:
+            p = repo.add_prediction(s, t, old, {"opacity": 1.0}, "opacity", 1.0, "opacity", None, [brush(PRED1)])
+            p.created_at = days[1] - timedelta(days=1)
+        p = repo.add_prediction(s, tasks[3], new, {"opacity": 1.0}, "opacity", 1.0, "opacity", None, [brush(ANN1_B)])
+        p.created_at = days[1] - timedelta(days=1)
+
+        def annotate(t, ann_id, updated, result=(), **kw):
+            return repo.add_annotation_revision(s, t, ann_id, "updated" if kw.pop("update", False) else "created",
+                                                [brush(PRED1), *result], completed_by=1, ls_updated_at=updated, **kw)
+
+        annotate(tasks[0], 11, days[2], ls_created_at=days[2])  # a: March 2
+        annotate(tasks[1], 21, days[3], ls_created_at=days[3])  # b: first on March 3 ...
+        annotate(tasks[1], 21, days[20], [choice("clear")], ls_created_at=days[3], update=True)  # ... now March 20
+        c = annotate(tasks[2], 31, None)  # c: no Label Studio times, received March 10
+        c.received_at = days[10]
+        annotate(tasks[3], 41, days[31], ls_created_at=days[31])  # d: March 31, 9:30
+        s.commit()
+
+
+def per_task_ids(out):
+    return sorted(int(r["ls_annotation_id"]) for r in read_csv(out / "per_task.csv"))
+
+
+@pytest.mark.parametrize(
+    "window, expected",
+    [
+        ((), [11, 21, 31, 41]),
+        (("--since", "2025-03-03"), [21, 31, 41]),  # b counts by its current revision (March 20)
+        (("--until", "2025-03-19"), [11, 31]),  # b's first revision in the window does not count
+        (("--since", "2025-03-10", "--until", "2025-03-10"), [31]),  # a date alone: its whole day
+        (("--since", "2025-03-10T09:31", "--until", "2025-03-31"), [21, 41]),
+        (("--until", "2025-03-31T09:30:00+00:00"), [11, 21, 31]),  # until is left out
+        (("--since", "2025-03-31T10:30:00+01:00"), [41]),  # an offset: 09:30 UTC
+    ],
+)
+def test_time_window_selects_annotations_by_their_current_revision(tmp_path, window, expected):
+    url = f"sqlite:///{tmp_path}/w.db"
+    windowed_db(url)
+    out = tmp_path / "stats"
+    run_stats(url, out, *window)
+    assert per_task_ids(out) == expected
+    rows = {int(r["ls_annotation_id"]): r for r in read_csv(out / "per_task.csv")}
+    if 21 in rows:
+        assert rows[21]["revisions"] == "2" and rows[21]["final_choice"] == "clear"
+    if window:
+        assert "annotations updated" in (out / "report.html").read_text()
+
+
+def test_time_window_and_model_version_together(tmp_path):
+    url = f"sqlite:///{tmp_path}/w.db"
+    windowed_db(url)
+    out = tmp_path / "stats"
+    run_stats(url, out, "--since", "2025-03-15", "--model-version", "new")
+    rows = {int(r["ls_annotation_id"]): r for r in read_csv(out / "per_task.csv")}
+    assert set(rows) == {21, 41}
+    assert rows[41]["model_version"] == "new" and num(rows[41]["dice"]) == pytest.approx(ref_dice(ANN1_B, PRED1), abs=1e-6)
+    assert rows[21]["prediction_source"] == "none"  # task 2 has no prediction of "new"
+    run_stats(url, out, "--since", "2025-03-15", "--model-version", "old")
+    rows = {int(r["ls_annotation_id"]): r for r in read_csv(out / "per_task.csv")}
+    assert rows[41]["model_version"] == "old" and rows[41]["dice"] == "1.000000"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--since", "last tuesday"), "error: --since must be an ISO date or time"),
+        (("--until", "2025-13-01"), "error: --until must be an ISO date or time"),
+        (("--since", "2025-03-05", "--until", "2025-03-01"), "error: --since (2025-03-05) must come before --until"),
+        (("--since", "2026-01-01"), "error: project 7 has no annotations updated from 2026-01-01 00:00 UTC"),
+    ],
+)
+def test_bad_or_empty_window_is_one_error_line(tmp_path, args, message):
+    url = f"sqlite:///{tmp_path}/w.db"
+    windowed_db(url)
+    result = invoke("stats", "--project", PROJECT, "--database-url", url, "--out", tmp_path / "o", *args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), lines

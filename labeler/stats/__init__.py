@@ -23,7 +23,12 @@ Read from our database only (no Label Studio call):
 Written to OUT: per_task.csv (one row per annotation, worst Dice first), per_annotator.csv,
 per_class.csv, per_model_version.csv, pairs.csv, summary.csv and report.html (self-contained).
 
-Modules: `collect` (database -> typed `Stats`), `tables` (CSV and terminal tables), `pictures`
+Reading streams (`reading`): a fixed number of queries per chunk of tasks, each chunk's results and
+masks dropped once scored; ``--since`` / ``--until`` (`window`) and ``--model-version`` filter in
+the queries.
+
+Modules: `reading` (chunks of annotations and predictions), `window` (the time window), `collect`
+(chunks -> typed `Stats`), `tables` (CSV and terminal tables), `pictures`
 (thumbnails, charts) and `report` (report.html from the ``templates/report.html`` Jinja2 template).
 """
 from __future__ import annotations
@@ -33,6 +38,9 @@ from pathlib import Path
 from labeler.stats.collect import Stats, check_database, collect
 from labeler.stats.report import render_html
 from labeler.stats.tables import Tables, build_tables, write_tables
+from labeler.stats.window import Window, parse_window
+
+__all__ = ["Stats", "Tables", "Window", "build_tables", "check_database", "collect", "parse_window", "run", "write_report"]
 
 
 def write_report(stats: Stats, tables: Tables, out: Path) -> list[Path]:
@@ -45,9 +53,15 @@ def write_report(stats: Stats, tables: Tables, out: Path) -> list[Path]:
 
 
 def run(
-    database_url: str, ls_project_id: int, out: Path, model_version: str | None = None, label_studio: str | None = None
+    database_url: str,
+    ls_project_id: int,
+    out: Path,
+    model_version: str | None = None,
+    label_studio: str | None = None,
+    window: Window = Window(),
 ) -> tuple[Stats, Tables]:
-    """Read the project's statistics from the database and write them to `out`."""
+    """Read the project's statistics (of the annotations updated in `window`) from the database
+    and write them to `out`."""
     from labeler.workspace import Workspace
 
     check_database(database_url)
@@ -56,7 +70,7 @@ def run(
     if engine.dialect.name == "sqlite":  # a long read: neither block the backend's writes nor wait for them
         engine = engine.execution_options(sqlite_begin="DEFERRED")
     with sessions(bind=engine) as session:
-        stats = collect(session, ls_project_id, model_version, label_studio)
+        stats = collect(session, ls_project_id, model_version, label_studio, window)
     tables = build_tables(stats)
     write_report(stats, tables, out)
     return stats, tables

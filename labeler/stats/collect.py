@@ -19,11 +19,14 @@ from sqlalchemy.orm import Session
 from explain.labelstudio.results import REGION_TYPES, result_choices, results_to_masks
 from models import agreement
 from models.agreement import edit_fraction_of
+from labeler.stats.reading import annotated_tasks, results_of
+from labeler.stats.window import Window
 
 NAN = float("nan")
+WORST_SHOWN = 10  # the report's worst annotations, drawn as thumbnails
 
 
-@dataclass
+@dataclass(slots=True)
 class LabelScore:
     """One label of one comparison (pre-label vs final, or annotator vs annotator)."""
 
@@ -37,7 +40,7 @@ class LabelScore:
     removed: int  # pixels in a, not in b
 
 
-@dataclass
+@dataclass(slots=True)
 class AnnotationStats:
     """A current annotation compared with the pre-label it most likely started from."""
 
@@ -61,7 +64,8 @@ class AnnotationStats:
     pixels_removed: int | None
     pred_pixels: int | None
     final_pixels: int | None
-    # kept to draw the thumbnails
+    revision_id: int | None = field(default=None, repr=False)  # our id of the current revision
+    # to draw the thumbnails: the size always, the results only for the `WORST_SHOWN` worst
     size: tuple[int, int] | None = field(default=None, repr=False)
     pred_results: list[dict] | None = field(default=None, repr=False)
     final_results: list[dict] | None = field(default=None, repr=False)
@@ -75,7 +79,7 @@ class AnnotationStats:
         return edit_fraction_of(self.pixels_added + self.pixels_removed, self.final_pixels)
 
 
-@dataclass
+@dataclass(slots=True)
 class PairStats:
     """Two annotators' current annotations of one task."""
 
@@ -117,6 +121,7 @@ class Stats:
     pairs: list[PairStats]
     kappas: list[CohenKappa]
     fleiss: list[FleissKappa]
+    window: Window = field(default_factory=Window)  # the annotations compared were updated in it
 
 
 def check_database(url: str) -> None:
@@ -202,47 +207,64 @@ def pick_prediction(predictions: list, started: datetime | None):
 
 
 def collect(
-    session: Session, ls_project_id: int, model_version: str | None = None, label_studio: str | None = None
+    session: Session,
+    ls_project_id: int,
+    model_version: str | None = None,
+    label_studio: str | None = None,
+    window: Window = Window(),
+    *,
+    chunk: int | None = None,
 ) -> Stats:
     """Every comparison for the project (of Label Studio ``label_studio``, see
-    `db.repository.get_project`), read from the database (see `labeler.stats`)."""
+    `db.repository.get_project`) among its annotations in `window`, read from the database in
+    chunks of tasks (`labeler.stats.reading`); each chunk's results and masks are dropped once
+    scored, and only the `WORST_SHOWN` worst annotations get theirs back for the thumbnails."""
     from db import repository as repo
 
     project = repo.get_project(session, ls_project_id, label_studio)
     if project is None:
         raise ValueError(f"project {ls_project_id} is not in the database (no task of it was ever pre-labelled or annotated)")
-    if model_version is not None and repo.get_model_version(session, model_version) is None:
-        raise ValueError(f"model version {model_version!r} is not in the database")
-    current = [a for a in repo.current_annotations(session, project) if not a.was_cancelled]
-    if not current:
-        raise ValueError(f"project {ls_project_id} has no annotations yet")
-
-    history: dict[int, list] = defaultdict(list)
-    for revision in repo.revisions(session, project):
-        history[revision.ls_annotation_id].append(revision)
-
-    by_task: dict[int, list] = defaultdict(list)
-    for revision in current:
-        by_task[revision.task.ls_task_id].append(revision)
+    version_id = None
+    if model_version is not None:
+        version = repo.get_model_version(session, model_version)
+        if version is None:
+            raise ValueError(f"model version {model_version!r} is not in the database")
+        version_id = version.id
 
     annotations: list[AnnotationStats] = []
     pairs: list[PairStats] = []
-    for ls_task_id in sorted(by_task):
-        task_revisions = by_task[ls_task_id]
-        task = task_revisions[0].task
-        predictions = repo.predictions_for(session, project, ls_task_id)
-        if model_version is not None:
-            predictions = [p for p in predictions if p.model_version.name == model_version]
-        for revision in task_revisions:
-            first = history[revision.ls_annotation_id][0]
-            starts = [t for t in (first.ls_created_at, first.received_at) if t is not None]
-            prediction, source = pick_prediction(predictions, min(starts) if starts else None)
-            annotations.append(_compare_with_prediction(task, revision, prediction, source, len(history[revision.ls_annotation_id])))
-        pairs.extend(_compare_annotators(task, task_revisions))
+    rated: list[list[str]] = []  # per task with >= 2 raters who chose a class: their choices
+    for tasks in annotated_tasks(session, project, pick_prediction, model_version_id=version_id, window=window, chunk=chunk):
+        for item in tasks:
+            for revision in item.annotations:
+                annotations.append(
+                    _compare_with_prediction(item.task, revision, revision.prediction, revision.source, revision.revisions)
+                )
+            pairs.extend(_compare_annotators(item.task, item.annotations))
+            choices = [_first_choice(r.result) for r in _latest_per_annotator(item.annotations).values()]
+            choices = [c for c in choices if c is not None]
+            if len(choices) >= 2:
+                rated.append(choices)
+    if not annotations:
+        if window.is_open:
+            raise ValueError(f"project {ls_project_id} has no annotations yet")
+        raise ValueError(f"project {ls_project_id} has no {window.describe()}")
 
     annotations.sort(key=lambda s: (math.isnan(s.dice), s.dice, s.ls_task_id, s.ls_annotation_id))
-    kappas, fleiss = _class_agreement(pairs, by_task)
-    return Stats(ls_project_id, project.title, model_version, annotations, pairs, kappas, fleiss)
+    _attach_results(session, [s for s in annotations if s.prediction_id is not None][:WORST_SHOWN])
+    kappas, fleiss = _class_agreement(pairs, rated)
+    return Stats(ls_project_id, project.title, model_version, annotations, pairs, kappas, fleiss, window)
+
+
+def _attach_results(session: Session, shown: list[AnnotationStats]) -> None:
+    """Read back the results of the annotations whose thumbnails the report draws."""
+    revisions, predictions = results_of(
+        session, [s.revision_id for s in shown if s.revision_id is not None],
+        [s.prediction_id for s in shown if s.prediction_id is not None],
+    )
+    for s in shown:
+        s.final_results = revisions.get(s.revision_id) or []
+        s.pred_results = predictions.get(s.prediction_id) or []
 
 
 def _compare_with_prediction(task, revision, prediction, source: str, n_revisions: int) -> AnnotationStats:
@@ -254,7 +276,7 @@ def _compare_with_prediction(task, revision, prediction, source: str, n_revision
         revisions=n_revisions,
         lead_time=revision.lead_time,
         final_choice=_first_choice(final),
-        final_results=final,
+        revision_id=revision.id,
     )
     if prediction is None:
         return AnnotationStats(
@@ -275,7 +297,7 @@ def _compare_with_prediction(task, revision, prediction, source: str, n_revision
     untouched = same_regions and result_choices(predicted) == result_choices(final)
     return AnnotationStats(
         **base,
-        model_version=prediction.model_version.name,
+        model_version=prediction.model_version,
         prediction_id=prediction.id,
         prediction_source=source,
         labels=labels,
@@ -290,7 +312,6 @@ def _compare_with_prediction(task, revision, prediction, source: str, n_revision
         pred_pixels=sum(s.pixels_a for s in labels),
         final_pixels=sum(s.pixels_b for s in labels),
         size=size,
-        pred_results=predicted,
     )
 
 
@@ -323,8 +344,9 @@ def _compare_annotators(task, revisions: list) -> list[PairStats]:
     ]
 
 
-def _class_agreement(pairs: list[PairStats], by_task: dict[int, list]) -> tuple[list[CohenKappa], list[FleissKappa]]:
-    """Cohen's kappa per annotator pair (shared tasks where both chose); Fleiss' kappa per rater count."""
+def _class_agreement(pairs: list[PairStats], rated: list[list[str]]) -> tuple[list[CohenKappa], list[FleissKappa]]:
+    """Cohen's kappa per annotator pair (shared tasks where both chose); Fleiss' kappa per rater
+    count over `rated` (each task's choices, by task id)."""
     shared: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for pair in pairs:
         if pair.choice_a is not None and pair.choice_b is not None:
@@ -334,11 +356,8 @@ def _class_agreement(pairs: list[PairStats], by_task: dict[int, list]) -> tuple[
         for (a, b), v in sorted(shared.items(), key=lambda kv: (annotator_key(kv[0][0]), annotator_key(kv[0][1])))
     ]
     by_raters: dict[int, list[list[str]]] = defaultdict(list)
-    for ls_task_id in sorted(by_task):
-        choices = [_first_choice(r.result) for r in _latest_per_annotator(by_task[ls_task_id]).values()]
-        choices = [c for c in choices if c is not None]
-        if len(choices) >= 2:
-            by_raters[len(choices)].append(choices)
+    for choices in rated:
+        by_raters[len(choices)].append(choices)
     fleiss = []
     for raters, items in sorted(by_raters.items()):
         categories = sorted({c for item in items for c in item})

@@ -85,7 +85,8 @@ def render_html(stats: Stats, tables: Tables) -> str:
     title = f"Label statistics, project {stats.ls_project_id}" + (f" ({stats.title})" if stats.title else "")
     context: dict[str, Any] = {
         "title": title,
-        "scope": f"model version {stats.model_version}" if stats.model_version else "any model version",
+        "scope": ("model version " + stats.model_version if stats.model_version else "any model version")
+        + ("" if stats.window.is_open else "; " + stats.window.describe()),
         "charts": charts(stats, tables),
         "thumbnails": thumbnails,
         "pred_colour": "rgb{}".format(PRED_COLOUR),

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from labeler.stats.collect import NAN, AnnotationStats, LabelScore, Stats, annotator_key, mean_of, median_of
+from labeler.stats.collect import (
+    NAN, WORST_SHOWN, AnnotationStats, LabelScore, Stats, annotator_key, mean_of, median_of,
+)
 
-WORST_SHOWN = 10
+__all__ = ["WORST_SHOWN", "Tables", "build_tables", "cell", "terminal_tables", "write_csv", "write_tables"]
 Row = dict[str, Any]
 
 
