@@ -2,9 +2,10 @@
 pre-labeller on held-out masks, registered, and promoted only when it does better.
 
 The data are what ``labeler export`` reads (``db.corrected``: every live task's latest current,
-not cancelled annotation), split by patient exactly as the export splits them
-(``models.splits``, seed 0, 70 / 15 / 15): the U-Net trains on train, keeps its best epoch on val
-(or on 15 % of train when val is empty), and never sees test. Both models then pre-label the test
+not cancelled annotation), split by patient exactly as the export splits them (the task's stored
+``patient_key``, else the task is its own patient; ``models.splits``, seed 0, 70 / 15 / 15), so
+one patient's images are never on both sides: the U-Net trains on train, keeps its best epoch on
+val (or on 15 % of train when val is empty), and never sees test. Both models then pre-label the test
 tasks through the backend's own pipeline (classifier, anatomy prior, region shape, labelling
 plan: exactly what an annotator would get), and the answers are rasterised and compared with the
 corrected masks. The candidate is promoted when its mean edit fraction (pixels to paint + pixels
@@ -33,7 +34,7 @@ from explain.service import PrelabelService
 from models.agreement import dice, edit_fraction
 from models.loading import load_segmenter, model_file_bytes, unpack_segmenter, weights_version
 from models.segmentation import Segmenter, fit_unet
-from models.splits import carve_validation, patient_key, split_of
+from models.splits import carve_validation, split_of, stored_patient
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def corrected_examples(session, project) -> tuple[list[Example], list[str]]:
         latest = chosen_annotations(record.annotations, "latest")[0]
         labels |= result_labels(latest.result)
         examples.append(Example(
-            record.ls_task_id, record.image_uri, patient_key(None, record.ls_task_id),
+            record.ls_task_id, record.image_uri, stored_patient(record.patient_key, record.ls_task_id),
             (record.width, record.height), latest.result,
         ))
     return examples, sorted(labels)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -161,21 +161,42 @@ def live_task(
 
 
 PATIENT_DATA_KEY = "patient"  # task data key of the keyed patient value (labeler.patients)
+# The data keys a patient key is taken from, first found: as models.splits.PATIENT_KEYS (the
+# export has always read ``patient_id`` too), so that stored keys split exactly as before.
+PATIENT_DATA_KEYS = ("patient_id", PATIENT_DATA_KEY)
 SOURCE_DATA_KEY = "source"  # task data key of the original file's path, as imported
 _PATIENT_MAX = 64
 _SOURCE_MAX = 1024
 
 
 def task_origin(data: Mapping[str, Any] | None) -> dict[str, str | None]:
-    """``{"patient_key": ..., "source_name": ...}`` from a task's data (its ``patient`` and
-    ``source`` values), for `live_task`; a missing, non-string, empty or too long value is None."""
+    """``{"patient_key": ..., "source_name": ...}`` from a task's data (its ``patient_id`` or
+    ``patient`` value, and its ``source`` value), for `live_task`; a missing, non-string, empty
+    or too long value is None."""
     data = data if isinstance(data, Mapping) else {}
 
     def text(key: str, limit: int) -> str | None:
         value = data.get(key)
         return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
-    return {"patient_key": text(PATIENT_DATA_KEY, _PATIENT_MAX), "source_name": text(SOURCE_DATA_KEY, _SOURCE_MAX)}
+    patient = next((v for v in (text(k, _PATIENT_MAX) for k in PATIENT_DATA_KEYS) if v is not None), None)
+    return {"patient_key": patient, "source_name": text(SOURCE_DATA_KEY, _SOURCE_MAX)}
+
+
+def fill_patient_keys(session: Session, project: Project, keys: Mapping[int, str]) -> int:
+    """Store ``keys`` (Label Studio task id -> patient key, from `task_origin`) on the project's
+    live tasks that have none yet (one batched UPDATE); returns how many rows were given one."""
+    if not keys:
+        return 0
+    table = Task.__table__
+    statement = (
+        update(table)
+        .where(table.c.project_id == project.id, table.c.ls_task_id == bindparam("task"),
+               table.c.deleted_at.is_(None), table.c.patient_key.is_(None))
+        .values(patient_key=bindparam("key"))
+    )
+    result = session.connection().execute(statement, [{"task": t, "key": k} for t, k in keys.items()])
+    return result.rowcount
 
 
 def _same_image(task: Task, image_uri: str, content_hash: str | None) -> bool:

@@ -601,12 +601,15 @@ def export_command(
             skip=lambda task_id, message: errors.print(f"error: task {task_id}: {message}", markup=False, highlight=False),
         )
         report = exporting.export_project(ws, out, settings, overwrite, document_root, hooks)
-    if not report.connected:
-        console.print("Label Studio not set: every task is its own patient in the split")
     counts = ", ".join(f"{name} {n}" for name, n in report.splits.items())
     console.print(f"wrote {len(report.exported)} task(s) to {out} ({counts}); labels: {', '.join(report.labels) or 'none'}")
-    if report.connected and report.own_patient:
-        console.print(f"{report.own_patient} task(s) have no patient_id / patient in their data: each is its own patient")
+    if report.unasked:
+        errors.print(f"warning: {report.unasked}", markup=False, highlight=False)
+    if report.backfilled:
+        console.print(f"stored the patient keys of {report.backfilled} older task(s), read from Label Studio")
+    if report.own_patient:
+        where = "in their Label Studio data" if report.connected else "in our database (Label Studio not set to fill older tasks)"
+        console.print(f"{report.own_patient} task(s) have no patient_id / patient {where}: each is its own patient")
     if report.skipped:
         console.print(f"skipped {len(report.skipped)} task(s) whose image could not be read")
         raise typer.Exit(1)

@@ -30,7 +30,8 @@ import shutil
 import tempfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,9 +42,9 @@ import numpy as np
 
 from db.engine import safe_url
 from explain.images import load_image, to_uint8
-from db.corrected import Annotation, TaskRecord, chosen_annotations, read_tasks
+from db.corrected import Annotation, CorrectedTasks, TaskRecord, chosen_annotations, corrected_tasks
 from explain.labelstudio.results import label_masks, result_choices, result_labels
-from models.splits import SPLIT_NAMES, patient_key, split_of
+from models.splits import SPLIT_NAMES, split_of, stored_patient
 
 FORMATS = ("png", "coco", "npz")
 ANNOTATOR_MODES = ("latest", "majority")
@@ -97,10 +98,11 @@ def parse_split(text: str) -> tuple[float, float, float]:
 # --- masks --------------------------------------------------------------------------------------
 
 
-def export_labels(tasks: list[TaskRecord], known_labels: Iterable[str], settings: ExportSettings) -> list[str]:
+def export_labels(tasks: Iterable[TaskRecord], known_labels: Iterable[str], settings: ExportSettings) -> list[str]:
     """The sorted labels of the export (index i + 1 in the masks): the labelling config's, and any
     other drawn in an annotation the export uses (or, with predictions, in a task's prediction).
-    Known before any image is read, so that each task's files can be written as soon as it is done."""
+    Known before any image is read, so that each task's files can be written as soon as it is done
+    (a first pass over the tasks; one task's results in memory at a time)."""
     labels = set(known_labels)
     for record in tasks:
         for annotation in chosen_annotations(record.annotations, settings.annotators):
@@ -224,6 +226,32 @@ class ManifestItem:
         return {column: getattr(self, column) for column in MANIFEST_COLUMNS}
 
 
+class ManifestItems:
+    """The exported tasks' manifest rows, in export order, kept in a scratch file (JSON lines)
+    rather than in memory; iterating reads them back one by one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = open(path, "w")
+        self.count = 0
+
+    def append(self, item: ManifestItem) -> None:
+        self.handle.write(json.dumps(item.__dict__) + "\n")
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        self.handle.flush()
+        with open(self.path) as lines:
+            for line in lines:
+                yield ManifestItem(**json.loads(line))
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 @dataclass
 class TaskArrays:
     """One task's pixels and masks at the export size: in memory only while its files are written."""
@@ -240,9 +268,10 @@ class TaskArrays:
 
 
 def prepare_task(
-    record: TaskRecord, image: np.ndarray, labels: list[str], settings: ExportSettings, data: dict | None
+    record: TaskRecord, image: np.ndarray, labels: list[str], settings: ExportSettings, patient: str
 ) -> tuple[ManifestItem, TaskArrays]:
-    """The manifest row and the arrays of one task whose image is `image` ((H, W[, C]), any dtype)."""
+    """The manifest row and the arrays of one task whose image is `image` ((H, W[, C]), any dtype)
+    and whose patient (see `models.splits.stored_patient`) is `patient`."""
     height, width = image.shape[:2]
     fallback = (record.width, record.height)
     masks, choice, used = combine(record.annotations, settings.annotators, height, width, fallback)
@@ -254,7 +283,6 @@ def prepare_task(
     pixels = pixels[..., 0] if gray else pixels
     h, w = pixels.shape[:2]
     masks = resize_masks(masks, settings.size)
-    patient = patient_key(data, record.ls_task_id)
     item = ManifestItem(
         task_id=record.ls_task_id,
         width=w,
@@ -299,7 +327,7 @@ class PngWriter:
             item.prediction_file = f"predictions/{item.task_id}.png"
             _write_png(self.out / item.prediction_file, arrays.prediction_index)
 
-    def finish(self, items: list[ManifestItem]) -> None:
+    def finish(self, items: ManifestItems) -> None:
         pass
 
 
@@ -359,17 +387,17 @@ class CocoWriter:
                 entry["score"] = 1.0
                 self.predictions.append(entry)
 
-    def finish(self, items: list[ManifestItem]) -> None:
-        images = [
-            {"id": i.task_id, "file_name": i.image_file, "width": i.width, "height": i.height, "split": i.split,
-             "choice": i.choice}
-            for i in items
-        ]
+    def finish(self, items: ManifestItems) -> None:
         categories = [{"id": i + 1, "name": label, "supercategory": "region"} for i, label in enumerate(self.labels)]
         info = {"description": "labeler export", "date_created": _now()}
         # the same text as json.dumps of {"info", "licenses", "images", "annotations", "categories"}
         with open(self.out / "annotations.json", "w") as handle:
-            handle.write(f'{{"info": {json.dumps(info)}, "licenses": [], "images": {json.dumps(images)}, "annotations": ')
+            handle.write(f'{{"info": {json.dumps(info)}, "licenses": [], "images": [')
+            for n, i in enumerate(items):
+                image = {"id": i.task_id, "file_name": i.image_file, "width": i.width, "height": i.height,
+                         "split": i.split, "choice": i.choice}
+                handle.write((", " if n else "") + json.dumps(image))
+            handle.write('], "annotations": ')
             self.annotations.copy_to(handle)
             handle.write(f', "categories": {json.dumps(categories)}}}')
         if self.settings.predictions:
@@ -414,7 +442,7 @@ class NpzWriter:
         if arrays.prediction is not None:
             item.prediction_file = "data.npz"
 
-    def finish(self, items: list[ManifestItem]) -> None:
+    def finish(self, items: ManifestItems) -> None:
         for handle in self.files.values():
             handle.close()
         n = len(items)
@@ -432,8 +460,8 @@ class NpzWriter:
             self._copy(archive, "masks", np.uint8, (n, h, w))
             self._copy(archive, "label_masks", np.bool_, (n, h, w, len(self.labels)))
             small = {
-                "task_ids": np.array([i.task_id for i in items], np.int64),
-                "splits": np.array([i.split for i in items], dtype="<U5"),
+                "task_ids": np.fromiter((i.task_id for i in items), np.int64, n),
+                "splits": np.fromiter((i.split for i in items), "<U5", n),
                 "labels": np.array(self.labels, dtype=str) if self.labels else np.zeros(0, "<U1"),
             }
             for name, array in small.items():
@@ -467,8 +495,10 @@ class ExportReport:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)
-    own_patient: int = 0  # tasks without a patient key in their data: each is its own patient
-    connected: bool = False  # Label Studio was given: the patient keys come from its task data
+    own_patient: int = 0  # exported tasks without a patient key: each is its own patient
+    connected: bool = False  # Label Studio was given: it was asked for the keys our database lacked
+    backfilled: int = 0  # patient keys read from Label Studio (and stored) for rows that had none
+    unasked: str = ""  # why Label Studio could not be asked for them, when it could not
 
 
 @dataclass
@@ -496,26 +526,27 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def export_dataset(
-    tasks: list[TaskRecord],
+    tasks: Iterable[TaskRecord],
     labels: list[str],
     out: Path,
     settings: ExportSettings,
     fetch: Callable[[str, int], bytes],
-    task_data: Callable[[int], dict | None] = lambda _id: None,
     hooks: ExportHooks = ExportHooks(),
     project_id: int | None = None,
+    patients: Mapping[int, str] = {},
 ) -> ExportReport:
     """Write the export of `tasks` into `out` (already prepared), one task at a time: a task's
-    image and masks are in memory only until its files are written. `labels` from `export_labels`.
+    image and masks are in memory only until its files are written, its manifest row goes to a
+    scratch file. `labels` from `export_labels`.
 
-    `fetch(uri, task_id)` returns image bytes; `task_data(task_id)` the Label Studio task data
-    (for the patient key) or None. A task whose image cannot be fetched or decoded is reported
-    through ``hooks.skip`` and left out.
+    `fetch(uri, task_id)` returns image bytes. A task's patient is its stored ``patient_key``,
+    else ``patients[task id]`` (keys read from Label Studio), else the task itself. A task whose
+    image cannot be fetched or decoded is reported through ``hooks.skip`` and left out.
     """
     report = ExportReport(out, labels=list(labels))
-    items: list[ManifestItem] = []
     with tempfile.TemporaryDirectory(dir=out, prefix=".partial-") as scratch:
         writer = WRITERS[settings.format](out, Path(scratch), report.labels, settings)
+        items = ManifestItems(Path(scratch) / "manifest.jsonl")
         for record in tasks:
             try:
                 image = load_image(fetch(record.image_uri, record.ls_task_id), name="image")
@@ -525,36 +556,41 @@ def export_dataset(
                 hooks.skip(record.ls_task_id, message)
                 hooks.advance()
                 continue
-            item, arrays = prepare_task(record, image, report.labels, settings, task_data(record.ls_task_id))
+            key = record.patient_key or patients.get(record.ls_task_id)
+            item, arrays = prepare_task(record, image, report.labels, settings, stored_patient(key, record.ls_task_id))
             del image
             writer.add(item, arrays)
             del arrays
             items.append(item)
             report.exported.append(record.ls_task_id)
+            report.own_patient += not key
             hooks.advance()
         writer.finish(items)
-    _write_common(out, items, settings, report, project_id)
+        _write_common(out, items, settings, report, project_id)
+        items.close()
     return report
 
 
-def _write_common(out: Path, items: list[ManifestItem], settings: ExportSettings, report: ExportReport, project_id) -> None:
+def _write_common(out: Path, items: ManifestItems, settings: ExportSettings, report: ExportReport, project_id) -> None:
     (out / "labels.json").write_text(json.dumps({"background": 0, "labels": report.labels}, indent=1) + "\n")
+    members: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
+    patients: dict[str, set[str]] = {name: set() for name in SPLIT_NAMES}
     with open(out / "manifest.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, MANIFEST_COLUMNS)
         writer.writeheader()
         for item in items:
             writer.writerow(item.row())
+            members[item.split].append(item.task_id)
+            patients[item.split].add(item.patient)
     splits: dict[str, Any] = {
         "seed": settings.seed,
         "fractions": dict(zip(SPLIT_NAMES, settings.split)),
         "method": "sha256('<seed>:<patient>') -> [0, 1) against the cumulative fractions",
     }
     for name in SPLIT_NAMES:
-        members = [item for item in items if item.split == name]
-        splits[name] = [item.task_id for item in members]
-        report.splits[name] = len(members)
-    report.own_patient = sum(1 for item in items if item.patient == f"task-{item.task_id}")
-    splits["patients"] = {name: len({i.patient for i in items if i.split == name}) for name in SPLIT_NAMES}
+        splits[name] = members[name]
+        report.splits[name] = len(members[name])
+    splits["patients"] = {name: len(patients[name]) for name in SPLIT_NAMES}
     (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
     marker = {
         "project": project_id,
@@ -580,19 +616,28 @@ def export_project(
     hooks: ExportHooks = ExportHooks(),
 ) -> ExportReport:
     """``labeler export``: read the workspace project's tasks from our database, prepare `out` and
-    write the export. Images come from `document_root` or Label Studio; with Label Studio set, the
-    patient keys come from its task data (else each task is its own patient)."""
+    write the export. Images come from `document_root` or Label Studio. The patient keys come from
+    our database; with Label Studio set, the tasks whose rows have none are asked of it in a few
+    filtered listings (`labeler.patients.backfill_patient_keys`, which also stores them), else
+    each such task is its own patient."""
     from explain.labelstudio.fetch import FetchError, ImageFetcher
+    from labeler.patients import backfill_patient_keys
 
     project_id = ws.require_project()
     tasks, known_labels = read_workspace_tasks(ws, settings.predictions)
-    if not tasks:
+    if not len(tasks):
         raise ValueError(f"project {project_id} has no task with a current annotation in {safe_url(ws.database_url)}")
     labels = export_labels(tasks, known_labels, settings)
     prepare_out(out, overwrite)
     connected = bool(ws.label_studio_url and ws.api_key)
     fetcher = ImageFetcher(ws.label_studio_url, ws.auth if connected else None, document_root=document_root)
-    task_data = label_studio_task_data(ws.client) if connected else (lambda _id: None)
+    missing = tasks.missing_patient_keys()
+    patients, unasked = {}, ""
+    if connected and missing:
+        try:
+            patients = backfill_patient_keys(ws, missing)
+        except Exception as exc:  # Label Studio unreachable or refusing: those tasks are their own patients
+            unasked = f"Label Studio could not be asked for the patient keys of {len(missing)} older task(s) ({type(exc).__name__})"
 
     def fetch(uri: str, task_id: int) -> bytes:
         try:
@@ -603,36 +648,25 @@ def export_project(
             raise
 
     hooks.start(len(tasks))
-    report = export_dataset(tasks, labels, out, settings, fetch, task_data, hooks, project_id)
+    report = export_dataset(tasks, labels, out, settings, fetch, hooks, project_id, patients)
     report.connected = connected
+    report.backfilled, report.unasked = len(patients), unasked
     return report
 
 
 # --- from the workspace -------------------------------------------------------------------------
 
 
-def label_studio_task_data(client) -> Callable[[int], dict | None]:
-    """task id -> the Label Studio task's data (None when it cannot be read)."""
-
-    unreachable = False
-
-    def get(task_id: int) -> dict | None:
-        nonlocal unreachable
-        if unreachable:
-            return None
-        try:
-            data = client.tasks.get(id=str(task_id)).data
-        except Exception as exc:  # the task is its own patient
-            if getattr(exc, "status_code", None) != 404:
-                unreachable = True  # do not wait for a dead server once per task
-            return None
-        return data if isinstance(data, dict) else None
-
-    return get
-
-
-def read_workspace_tasks(ws, predictions: bool) -> tuple[list[TaskRecord], set[str]]:
-    """`read_tasks` in one DEFERRED (non-blocking) read transaction of the workspace's database."""
+@contextmanager
+def _reading(ws):
+    """A session of the workspace's database in one DEFERRED (non-blocking) read transaction."""
     with ws.sessions() as session:
         session.connection(execution_options={"sqlite_begin": "DEFERRED"})
-        return read_tasks(session, ws.require_project(), predictions, ws.label_studio)
+        yield session
+
+
+def read_workspace_tasks(ws, predictions: bool) -> tuple[CorrectedTasks, set[str]]:
+    """`corrected_tasks` of the workspace's project: the ids read in one read transaction, the
+    records later a chunk at a time, each chunk in a short read transaction of its own."""
+    with _reading(ws) as session:
+        return corrected_tasks(session, lambda: _reading(ws), ws.require_project(), predictions, ws.label_studio)

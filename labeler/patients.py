@@ -74,3 +74,46 @@ def rekey_project(ws: Workspace) -> Rekeyed:
         ws.client.tasks.update(id=str(task.id), data=data)
     already = sum(1 for t in tasks if str((t.data or {}).get("patient", "")).startswith(PREFIX))
     return Rekeyed(len(pending), already)
+
+
+BACKFILL_IDS = 200  # task ids per Label Studio request (they travel in the URL's query)
+
+
+def backfill_patient_keys(ws: Workspace, ls_task_ids: list[int]) -> dict[int, str]:
+    """The patient keys of tasks whose row in our database has none (rows older than
+    ``tasks.patient_key``), read from their Label Studio data and written into our database so
+    that the next reader finds them there. Label Studio is asked for these tasks only (a Data
+    Manager ``selectedItems`` filter, ``BACKFILL_IDS`` ids per request, cheap fields), never once
+    per task. Returns task id -> key for the tasks whose data has one; when the database cannot
+    be written (e.g. read-only) the keys are only returned."""
+    import json
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.repository import fill_patient_keys, get_project, task_origin
+
+    project_id = ws.require_project()
+    keys: dict[int, str] = {}
+    for start in range(0, len(ls_task_ids), BACKFILL_IDS):
+        part = [int(t) for t in ls_task_ids[start:start + BACKFILL_IDS]]
+        asked, part_set = set(part), set(part)
+        query = json.dumps({"selectedItems": {"all": False, "included": part}})
+        page = ws.client.tasks.list(project=project_id, fields="task_only", query=query, page=1,
+                                    page_size=BACKFILL_IDS, resolve_uri=False)
+        while page is not None:  # one page holds them all (a task deleted in Label Studio is not listed)
+            listed = page.items or []
+            for task in listed:
+                asked.discard(task.id)
+                key = task_origin(task.data)["patient_key"]
+                if key is not None and task.id in part_set:
+                    keys[task.id] = key
+            page = page.next_page() if asked and len(listed) == BACKFILL_IDS else None
+    if keys:
+        try:
+            with ws.sessions.begin() as session:
+                project = get_project(session, project_id, ws.label_studio)
+                if project is not None:
+                    fill_patient_keys(session, project, keys)
+        except SQLAlchemyError:  # a read-only database: this export uses the keys all the same
+            pass
+    return keys

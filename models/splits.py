@@ -34,6 +34,12 @@ def patient_key(data: dict | None, ls_task_id: int) -> str:
     return f"task-{ls_task_id}"
 
 
+def stored_patient(key: str | None, ls_task_id: int) -> str:
+    """The patient of a task whose stored key (our database's ``tasks.patient_key``, see
+    `patient_key`) is ``key``; a task without one is its own patient."""
+    return key if key else f"task-{ls_task_id}"
+
+
 def carve_validation(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) of ``count`` tasks with ``round(fraction * count)`` (at least one when
     count >= 2) drawn for validation, seeded."""

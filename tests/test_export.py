@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
 import pytest
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
+from db.schema import Task
 from db.repository import add_annotation_revision, add_prediction, live_task, model_version, upsert_project
 from explain.labelstudio.results import brush_result, choices_result, polygon_result
 from labeler import exporting
@@ -337,19 +343,89 @@ def test_npz_export(world, tmp_path):
             np.testing.assert_array_equal(data["label_masks"][n, ..., i], small.get(label, np.zeros((24, 24), bool)))
 
 
-def test_patient_level_deterministic_splits(world, tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        exporting, "label_studio_task_data", lambda client: lambda task_id: {"patient_id": PATIENTS.get(task_id)}
-    )
+class FakeTaskList:
+    """A loopback stand-in for Label Studio's task list (GET /api/tasks/ with a Data Manager
+    ``selectedItems`` query): answers with the selected tasks' data and records every request."""
+
+    def __init__(self, data: dict[int, dict]):
+        self.data, self.requests = data, []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                parts = urlsplit(self.path)
+                params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                owner.requests.append((parts.path, params))
+                if parts.path.rstrip("/") != "/api/tasks":
+                    return self._answer(404, {"detail": "not found"})
+                included = json.loads(params["query"])["selectedItems"]["included"]
+                tasks = [{"id": t, "data": owner.data[t]} for t in included if t in owner.data]
+                self._answer(200, {"tasks": tasks, "total": len(tasks), "total_annotations": 0, "total_predictions": 0})
+
+            def _answer(self, status, body):
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def own_world(world, tmp_path):
+    """A copy of the world's database (patient keys are written into it) and a fake task list."""
+    url = f"sqlite:///{tmp_path / 'labeler.db'}"
+    with sqlite3.connect(world["url"].removeprefix("sqlite:///")) as source, sqlite3.connect(tmp_path / "labeler.db") as copy:
+        source.backup(copy)
+    data = {101: {"patient": "P-a"}, 102: {}, 103: {"patient": "P-b"}, 104: {"patient": "P-c"},
+            105: {"patient_id": "P-c"}, 106: {"patient": "P-z"}}
+    fake = FakeTaskList({t: {"image": f"/data/local-files/?d=img/{t}.png", **d} for t, d in data.items()})
+    yield {**world, "url": url}, fake
+    fake.close()
+
+
+def stored_keys(url):
+    with Workspace(database_url=url).sessions() as session:
+        return dict(session.execute(select(Task.ls_task_id, Task.patient_key)).all())
+
+
+def store_keys(url, keys):
+    with Workspace(database_url=url).sessions.begin() as session:
+        for task_id, key in keys.items():
+            session.execute(update(Task).where(Task.ls_task_id == task_id).values(patient_key=key))
+
+
+def task_requests(fake):
+    return [params for path, params in fake.requests if path.rstrip("/") == "/api/tasks"]
+
+
+def test_patient_level_deterministic_splits_from_the_database(own_world, tmp_path):
+    """The patient keys come from our database: Label Studio is never asked (a fake one hears
+    nothing, an unreachable one does not matter), and one patient's tasks share a split."""
+    world, fake = own_world
+    store_keys(world["url"], {**PATIENTS, 106: "P-z"})
     outs = []
-    for name, seed in (("a", 3), ("b", 3)):
+    for name, server in (("a", fake.url), ("b", "http://127.0.0.1:9"), ("c", None)):
         out = tmp_path / name
-        result = export(world, out, "--seed", seed, "--split", "0.5,0.25,0.25",
-                        "--label-studio-url", "http://127.0.0.1:9", "--api-key", "token")
-        assert result.exit_code == 1, result.output
+        connect = ["--label-studio-url", server, "--api-key", "token"] if server else []
+        result = export(world, out, "--seed", 3, "--split", "0.5,0.25,0.25", *connect)
+        assert result.exit_code == 1, result.output  # 106: image missing
+        assert "own patient" not in result.output and "warning" not in result.stderr
         outs.append(out)
-    first, second = (json.loads((o / "splits.json").read_text()) for o in outs)
-    assert first == second and first["seed"] == 3
+    assert task_requests(fake) == []  # (the missing image 106 is asked of it: no task data)
+    first, *others = (json.loads((o / "splits.json").read_text()) for o in outs)
+    assert all(other == first for other in others) and first["seed"] == 3
     rows = {int(r["task_id"]): r for r in read_manifest(outs[0])}
     assert {t: r["patient"] for t, r in rows.items()} == PATIENTS
     assert rows[104]["split"] == rows[105]["split"]  # one patient, one split
@@ -361,6 +437,42 @@ def test_patient_level_deterministic_splits(world, tmp_path, monkeypatch):
     assert abs(share["train"] - 0.7) < 0.03 and abs(share["val"] - 0.15) < 0.03
     assert names != [exporting.split_of(f"p{i}", 1, (0.7, 0.15, 0.15)) for i in range(3000)]  # the seed matters
     assert exporting.split_of("x", 0, (1.0, 0.0, 0.0)) == "train"
+
+
+def test_older_rows_get_their_patient_keys_from_one_filtered_listing(own_world, tmp_path):
+    """Rows stored before tasks had a patient key: one Label Studio request lists exactly those
+    tasks (cheap fields), their keys are written into our database, the next export asks nothing."""
+    world, fake = own_world
+    store_keys(world["url"], {101: "P-a", 103: "P-b"})
+    connect = ["--label-studio-url", fake.url, "--api-key", "token"]
+    result = export(world, tmp_path / "a", *connect)
+    assert result.exit_code == 1, result.output
+    asked = task_requests(fake)
+    assert len(asked) == 1
+    assert json.loads(asked[0]["query"])["selectedItems"] == {"all": False, "included": [104, 105, 106]}
+    assert asked[0]["fields"] == "task_only" and asked[0]["project"] == str(PROJECT)
+    assert "stored the patient keys of 3 older task(s)" in result.output
+    rows = {int(r["task_id"]): r for r in read_manifest(tmp_path / "a")}
+    assert {t: r["patient"] for t, r in rows.items()} == PATIENTS
+    assert rows[104]["split"] == rows[105]["split"]
+    keys = stored_keys(world["url"])
+    assert {t: keys[t] for t in (101, 103, 104, 105, 106)} == {**PATIENTS, 106: "P-z"} and keys[102] is None
+    result = export(world, tmp_path / "b", *connect)
+    assert result.exit_code == 1 and len(task_requests(fake)) == 1  # nothing left to ask
+    assert (tmp_path / "a" / "manifest.csv").read_text() == (tmp_path / "b" / "manifest.csv").read_text()
+
+
+def test_older_rows_without_label_studio_are_their_own_patients(own_world, tmp_path):
+    world, fake = own_world
+    store_keys(world["url"], {101: "P-a", 103: "P-b"})
+    result = export(world, tmp_path / "a")  # not connected: nobody asked
+    rows = {int(r["task_id"]): r["patient"] for r in read_manifest(tmp_path / "a")}
+    assert rows == {101: "P-a", 103: "P-b", 104: "task-104", 105: "task-105"}
+    assert "2 task(s) have no patient_id / patient in our database" in result.output
+    result = export(world, tmp_path / "b", "--label-studio-url", "http://127.0.0.1:9", "--api-key", "token")
+    assert result.exit_code == 1 and "warning: Label Studio could not be asked for the patient keys of 3" in result.stderr
+    assert {int(r["task_id"]): r["patient"] for r in read_manifest(tmp_path / "b")} == rows
+    assert stored_keys(world["url"])[104] is None
 
 
 @pytest.mark.parametrize("bad", ["0.5,0.6", "a,b", "0.5,0.5,0.5,-0.5", "-0.1,1.1"])

@@ -432,3 +432,58 @@ def test_concurrent_enqueues_queue_one_job(Session):
     with Session() as session:
         rows = session.scalars(sa.select(TrainingJob).where(TrainingJob.project_id == project.id)).all()
         assert [r.state for r in rows] == ["queued"]
+
+
+def test_training_splits_by_the_stored_patient_key(session, projects):
+    """Two tasks of one patient (tasks.patient_key) always land in the same split of a training
+    job, which task-level keys would not give; tasks without a key are their own patient."""
+    from backend.training import corrected_examples, split_examples
+    from models.splits import split_of
+
+    project = projects[0]
+    patients = {}
+    for n in range(40):
+        for ls_task_id in (1000 + 2 * n, 1001 + 2 * n):
+            task = db.live_task(session, project, ls_task_id, f"/data/upload/{ls_task_id}.png", patient_key=f"k1:p{n}")
+            db.add_annotation_revision(session, task, ls_task_id, "created", [], fingerprint=f"p-{ls_task_id}")
+            patients[ls_task_id] = f"k1:p{n}"
+    loner = db.live_task(session, project, 5000, "/data/upload/5000.png")
+    db.add_annotation_revision(session, loner, 5000, "created", [], fingerprint="p-5000")
+    session.commit()
+    examples, _ = corrected_examples(session, project)
+    assert {e.task_id: e.patient for e in examples} == {**patients, 5000: "task-5000"}
+    side = {e.task_id: name for name, part in split_examples(examples).items() for e in part}
+    for n in range(40):
+        assert side[1000 + 2 * n] == side[1001 + 2 * n]
+    assert {side[t] for t in patients} == {"train", "val", "test"}
+    task_level = {t: split_of(f"task-{t}", 0, (0.7, 0.15, 0.15)) for t in patients}
+    assert any(task_level[1000 + 2 * n] != task_level[1001 + 2 * n] for n in range(40))  # the test has teeth
+
+
+def test_corrected_tasks_stream_the_same_records_and_fill_missing_patient_keys(session, projects, monkeypatch):
+    """`corrected_tasks` holds ids only and loads chunks; it yields what `read_tasks` does, and
+    `fill_patient_keys` gives keys only to live rows that lack one."""
+    from contextlib import nullcontext
+
+    import db.corrected as corrected
+    from db.repository import fill_patient_keys
+
+    project = projects[0]
+    for t in range(1, 8):
+        task = db.live_task(session, project, t, f"/data/upload/{t}.png", patient_key="k1:x" if t == 3 else None)
+        db.add_annotation_revision(session, task, 100 + t, "created", [{"t": t}], fingerprint=f"c-{t}")
+        if t % 2:  # a newer revision of the same annotation replaces it
+            db.add_annotation_revision(session, task, 100 + t, "updated", [{"t": -t}], fingerprint=f"u-{t}")
+    db.add_annotation_revision(session, db.live_task(session, project, 5, ""), 205, "created", [{"c": 1}],
+                               was_cancelled=True, fingerprint="x-5")
+    session.commit()
+    monkeypatch.setattr(corrected, "CHUNK", 3)
+    tasks, _ = corrected.corrected_tasks(session, lambda: nullcontext(session), 1)
+    records = list(tasks)
+    assert [r.ls_task_id for r in records] == list(range(1, 8)) and len(tasks) == 7
+    assert [[a.result for a in r.annotations] for r in records] == [[[{"t": -t}]] if t % 2 else [[{"t": t}]] for t in range(1, 8)]
+    assert records == list(tasks) == corrected.read_tasks(session, 1)[0]
+    assert tasks.missing_patient_keys() == [1, 2, 4, 5, 6, 7]
+    assert fill_patient_keys(session, project, {1: "k1:a", 3: "k1:other", 99: "k1:z"}) == 1
+    session.commit()
+    assert [r.patient_key for r in tasks][:3] == ["k1:a", None, "k1:x"]  # read fresh, never overwritten
