@@ -320,3 +320,17 @@ class Promotion(Base):
     reason: Mapped[str] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SyncMark(Base):
+    """How far ``labeler sync`` has read a project (one row per project, replaced at each
+    sync): ``mark`` is a Label Studio ``updated_at`` such that every task updated at or before
+    it was read; the next sync asks only for tasks updated after it. ``synced_at`` is when
+    that sync finished (our clock)."""
+
+    __tablename__ = "sync_marks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), unique=True)
+    mark: Mapped[datetime] = mapped_column(UTCDateTime)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
