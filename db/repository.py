@@ -524,10 +524,18 @@ def live_counts(session: Session, project: Project) -> tuple[int, dict[int, int]
     deleted) annotations for the live tasks that have any: what Label Studio's own counts
     (``task_number``; per task ``total_annotations + cancelled_annotations``) should equal."""
     tasks = session.scalar(select(func.count(Task.id)).where(Task.project_id == project.id, Task.deleted_at.is_(None)))
+    # an annotation belongs to one task: grouping by (task, annotation) reads the index
+    # (task_id, ls_annotation_id) alone
+    last = (
+        select(func.max(AnnotationRevision.id))
+        .join(Task)
+        .where(Task.project_id == project.id, Task.deleted_at.is_(None))
+        .group_by(AnnotationRevision.task_id, AnnotationRevision.ls_annotation_id)
+    )
     rows = session.execute(
         select(Task.ls_task_id, func.count(AnnotationRevision.id))
         .join(Task, AnnotationRevision.task_id == Task.id)
-        .where(AnnotationRevision.id.in_(_last_revision_ids(project)), AnnotationRevision.action != "deleted")
+        .where(AnnotationRevision.id.in_(last), AnnotationRevision.action != "deleted")
         .group_by(Task.ls_task_id)
     )
     return int(tasks or 0), {int(task): int(n) for task, n in rows}

@@ -163,6 +163,8 @@ class AnnotationRevision(Base):
     __tablename__ = "annotation_revisions"
     __table_args__ = (
         CheckConstraint("action IN ('created', 'updated', 'deleted')", name="action"),
+        # the newest revision of each annotation per task, read without the table (`labeler sync`'s counts)
+        Index("ix_annotation_revisions_task_id_ls_annotation_id", "task_id", "ls_annotation_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
