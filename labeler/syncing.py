@@ -120,7 +120,7 @@ def sync_project(ws: Workspace, full: bool = False, progress: Progress | None = 
             stale = repository.live_task_ids(session, project) - exported
             _drop_tasks(session, project, stale, tally)
     else:
-        pages = _changed_tasks(ws, project_id, mark)
+        pages = _ChangedTasks(ws, project_id, mark)
         newest = _apply(ws, details.label_config, pages, tally, lambda done: report(done, pages.total))
         listed = _reconcile(ws, project_id, details.label_config, tally)
     newest = max((t for t in (newest, mark) if t is not None), default=None)
@@ -185,10 +185,6 @@ class _ChangedTasks:
                 size *= 2  # more tasks share this updated_at than a page holds (a bulk action)
             # ">=" keeps the tasks that share the page's last updated_at; `seen` drops repeats
             cursor, operator = newest, "greater_or_equal"
-
-
-def _changed_tasks(ws: Workspace, project_id: int, since: datetime) -> _ChangedTasks:
-    return _ChangedTasks(ws, project_id, since)
 
 
 def _updated_query(operator: str, since: datetime) -> str:
