@@ -29,6 +29,7 @@ from .schema import (
     ModelVersion,
     Prediction,
     Project,
+    SyncMark,
     Task,
 )
 from .timestamps import parse_ls_time, utcnow
@@ -543,18 +544,78 @@ def known_content(session: Session, project: Project, content_hashes: Iterable[s
 
 def current_annotations(session: Session, project: Project) -> list[AnnotationRevision]:
     """The last revision of every annotation on the project's live tasks, deleted ones left out."""
-    last_ids = (
+    query = (
+        select(AnnotationRevision)
+        .where(AnnotationRevision.id.in_(_last_revision_ids(project)), AnnotationRevision.action != "deleted")
+        .order_by(AnnotationRevision.id)
+    )
+    return list(session.scalars(query))
+
+
+def _last_revision_ids(project: Project):
+    """Subquery: the id of the newest revision of every annotation on the project's live tasks."""
+    return (
         select(func.max(AnnotationRevision.id))
         .join(Task)
         .where(Task.project_id == project.id, Task.deleted_at.is_(None))
         .group_by(AnnotationRevision.ls_annotation_id)
     )
-    query = (
-        select(AnnotationRevision)
-        .where(AnnotationRevision.id.in_(last_ids), AnnotationRevision.action != "deleted")
-        .order_by(AnnotationRevision.id)
+
+
+def live_counts(session: Session, project: Project) -> tuple[int, dict[int, int]]:
+    """How many live tasks the project has, and Label Studio task id -> number of current (not
+    deleted) annotations for the live tasks that have any: what Label Studio's own counts
+    (``task_number``; per task ``total_annotations + cancelled_annotations``) should equal."""
+    tasks = session.scalar(select(func.count(Task.id)).where(Task.project_id == project.id, Task.deleted_at.is_(None)))
+    # an annotation belongs to one task: grouping by (task, annotation) reads the index
+    # (task_id, ls_annotation_id) alone
+    last = (
+        select(func.max(AnnotationRevision.id))
+        .join(Task)
+        .where(Task.project_id == project.id, Task.deleted_at.is_(None))
+        .group_by(AnnotationRevision.task_id, AnnotationRevision.ls_annotation_id)
     )
-    return list(session.scalars(query))
+    rows = session.execute(
+        select(Task.ls_task_id, func.count(AnnotationRevision.id))
+        .join(Task, AnnotationRevision.task_id == Task.id)
+        .where(AnnotationRevision.id.in_(last), AnnotationRevision.action != "deleted")
+        .group_by(Task.ls_task_id)
+    )
+    return int(tasks or 0), {int(task): int(n) for task, n in rows}
+
+
+def live_task_ids(session: Session, project: Project) -> set[int]:
+    """Label Studio ids of the project's live tasks."""
+    return set(session.scalars(select(Task.ls_task_id).where(Task.project_id == project.id, Task.deleted_at.is_(None))))
+
+
+def current_annotation_ids(session: Session, task: Task) -> set[int]:
+    """Label Studio ids of the annotations of this task row whose newest revision is not "deleted"."""
+    last = select(func.max(AnnotationRevision.id)).where(AnnotationRevision.task_id == task.id).group_by(
+        AnnotationRevision.ls_annotation_id
+    )
+    return set(
+        session.scalars(
+            select(AnnotationRevision.ls_annotation_id).where(
+                AnnotationRevision.id.in_(last), AnnotationRevision.action != "deleted"
+            )
+        )
+    )
+
+
+def sync_mark(session: Session, project: Project) -> datetime | None:
+    """The Label Studio ``updated_at`` up to which ``labeler sync`` has read the project, or None
+    (never synced)."""
+    return session.scalar(select(SyncMark.mark).where(SyncMark.project_id == project.id))
+
+
+def save_sync_mark(session: Session, project: Project, mark: datetime) -> SyncMark:
+    """Record (or replace) the project's sync mark (an aware datetime) and when it was saved."""
+    find = lambda: session.scalars(select(SyncMark).where(SyncMark.project_id == project.id)).first()  # noqa: E731
+    row = find() or _add_unique(session, SyncMark(project_id=project.id, mark=mark), find)
+    row.mark, row.synced_at = mark, utcnow()
+    session.flush()
+    return row
 
 
 def predictions_for(

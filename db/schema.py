@@ -165,7 +165,7 @@ class AnnotationRevision(Base):
     __tablename__ = "annotation_revisions"
     __table_args__ = (
         CheckConstraint("action IN ('created', 'updated', 'deleted')", name="action"),
-        # stats' revision counts and first / last ids per chunk of tasks, read from the index alone
+        # per task, each annotation's revisions read from the index alone (sync's counts, stats' chunks)
         Index("ix_annotation_revisions_task_id_ls_annotation_id", "task_id", "ls_annotation_id"),
     )
 
@@ -324,3 +324,17 @@ class Promotion(Base):
     reason: Mapped[str] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SyncMark(Base):
+    """How far ``labeler sync`` has read a project (one row per project, replaced at each
+    sync): ``mark`` is a Label Studio ``updated_at`` such that every task updated at or before
+    it was read; the next sync asks only for tasks updated after it. ``synced_at`` is when
+    that sync finished (our clock)."""
+
+    __tablename__ = "sync_marks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), unique=True)
+    mark: Mapped[datetime] = mapped_column(UTCDateTime)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -552,18 +552,26 @@ def models_rollback(
 
 @app.command()
 def sync(
+    full: Annotated[bool, typer.Option("--full", help="Export and compare the whole project, not only what changed since the last sync.")] = False,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
     project: ProjectId = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE,
 ):
-    """Pull every annotation through Label Studio's export API into the database (idempotent)."""
+    """Pull the annotations changed since the last sync into the database (the first sync, or --full: all; idempotent)."""
+    from rich.progress import Progress
+
     from labeler.syncing import sync_project
 
-    report = sync_project(Workspace(label_studio_url, api_key, project, database_url))
+    ws = Workspace(label_studio_url, api_key, project, database_url)
+    with Progress(transient=True, console=errors) as progress:
+        bar = progress.add_task("syncing", total=None)
+        report = sync_project(ws, full, lambda done, total: progress.update(bar, completed=done, total=total))
+    read = f"full sync: {report.tasks} task(s)" if report.full else f"fetched {report.tasks} changed task(s)"
+    listed = f"; counts differed: listed {report.listed} task id(s)" if report.listed else ""
     console.print(
-        f"{report.tasks} task(s), {report.annotations} annotation(s): {report.added} new revision(s), "
-        f"{report.deleted_annotations} deleted annotation(s), {report.deleted_tasks} deleted task(s)"
+        f"{read}, {report.annotations} annotation(s): {report.added} new revision(s), "
+        f"{report.deleted_annotations} deleted annotation(s), {report.deleted_tasks} deleted task(s){listed}"
     )
 
 

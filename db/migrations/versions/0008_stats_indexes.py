@@ -1,11 +1,10 @@
-"""Indexes for ``labeler stats``' chunked reads: per chunk of tasks it counts each annotation's
-revisions and finds its first and last (index-only through annotation_revisions(task_id,
-ls_annotation_id), the row id being part of every index), and lists the candidate predictions'
-ids, versions and times (index-only through predictions(task_id, model_version_id, created_at);
-without it SQLite may walk every prediction of the model version for each chunk).
+"""An index for ``labeler stats``' chunked reads: per chunk of tasks it lists the candidate
+predictions' ids, versions and times (index-only through predictions(task_id, model_version_id,
+created_at); without it SQLite may walk every prediction of the model version for each chunk).
+Its revision counts per annotation use 0007's annotation_revisions(task_id, ls_annotation_id).
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-03
 """
 from __future__ import annotations
@@ -15,12 +14,11 @@ from typing import Sequence, Union
 from alembic import op
 
 revision: str = "0008"
-down_revision: Union[str, Sequence[str], None] = "0005"
+down_revision: Union[str, Sequence[str], None] = "0007"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 INDEXES = {
-    "ix_annotation_revisions_task_id_ls_annotation_id": ("annotation_revisions", ["task_id", "ls_annotation_id"]),
     "ix_predictions_task_id_model_version_id_created_at": ("predictions", ["task_id", "model_version_id", "created_at"]),
 }
 
