@@ -131,17 +131,28 @@ def finish_claims(session: Session, project: Project, version: str, ls_task_ids:
     return done
 
 
-def release_claims(session: Session, project: Project, version: str, worker: str) -> int:
-    """Make ``worker``'s claims that are not done free to take over at once (it stopped before
-    finishing them, or is known to be gone). Returns how many."""
-    result = session.execute(
-        update(PrelabelClaim)
-        .where(*_of(project, version), PrelabelClaim.worker == worker, PrelabelClaim.done_at.is_(None))
-        .values(claimed_at=_RELEASED),
-        execution_options={"synchronize_session": False},
-    )
+def release_claims(
+    session: Session, project: Project, version: str, worker: str, ls_task_ids: Iterable[int] | None = None
+) -> int:
+    """Make ``worker``'s claims that are not done (of ``ls_task_ids`` when given) free to take
+    over at once: it stopped before finishing them, is known to be gone, or could not pre-label
+    those tasks. Returns how many."""
+    where = [*_of(project, version), PrelabelClaim.worker == worker, PrelabelClaim.done_at.is_(None)]
+    chunks = [None]
+    if ls_task_ids is not None:
+        ids = sorted({int(i) for i in ls_task_ids})
+        chunks = [ids[start : start + _CHUNK] for start in range(0, len(ids), _CHUNK)]
+    released = 0
+    for chunk in chunks:
+        result = session.execute(
+            update(PrelabelClaim)
+            .where(*where, *([] if chunk is None else [PrelabelClaim.ls_task_id.in_(chunk)]))
+            .values(claimed_at=_RELEASED),
+            execution_options={"synchronize_session": False},
+        )
+        released += result.rowcount
     session.flush()
-    return result.rowcount
+    return released
 
 
 def open_workers(session: Session, project: Project, version: str) -> list[str]:
