@@ -9,18 +9,21 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import keras
 import pytest
 import sqlalchemy as sa
 
+from db import claims, repository
 from db.engine import make_engine, session_factory
 from db.migrating import migrate
+from db.timestamps import utcnow
 from db.schema import PrelabelClaim, Prediction, Project, Task
 from labeler import posting
 from labeler.cli import prelabel_settings
-from labeler.prelabeling import prelabel_project
+from labeler.prelabeling import _Claims, prelabel_project
 from labeler.synthetic import write_dataset
 from labeler.workspace import Workspace
 from models.classifiers import build_small_cnn
@@ -126,3 +129,28 @@ def test_two_prelabel_processes_share_a_project_and_do_no_task_twice(label_studi
     assert set(by_pid) == {str(w.pid) for w in workers}, by_pid  # both workers did some
     done = [int(o.split("pre-labelled ")[1].split()[0]) for o in outputs]
     assert sum(done) == 80 and sorted(done) == sorted(by_pid.values()), outputs
+
+
+def test_a_task_taken_over_from_a_stopped_worker_is_checked_in_label_studio_first(label_studio, ls, material, tmp_path):
+    """Worker X claimed tasks A and B, posted A's prediction and stopped (another host: only its
+    lease frees them). A worker whose pending list predates that post takes both over once the
+    lease has passed, finds A's prediction in Label Studio and marks it done, and works on B only."""
+    env = new_project(label_studio, f"sqlite:///{tmp_path / 'labeler.db'}", "take-over", material, material["few"])
+    project = int(env["LABEL_STUDIO_PROJECT"])
+    ws = Workspace(env["LABEL_STUDIO_URL"], env["LABEL_STUDIO_API_KEY"], project, env["DATABASE_URL"])
+    version = "cnn-take-over"
+    a, b, c = list(ls.tasks.list(project=project, fields="task_only"))[:3]
+    stale_list = [a, b, c]  # listed while A was still pending
+    with ws.sessions.begin() as session:
+        ours = repository.upsert_project(session, project, label_studio=ws.label_studio)
+        dead = claims.claim_tasks(session, ours, version, [a.id, b.id], "elsewhere:1:x")
+        assert dead.ids == sorted([a.id, b.id])
+        session.execute(sa.update(PrelabelClaim).values(claimed_at=utcnow() - timedelta(seconds=601)))
+    ls.predictions.create(task=a.id, result=RESULT, score=0.5, model_version=version)  # X's post landed
+
+    me = _Claims(ws, project, version, "here:2:y", 600.0, stale_list, batch_size=3)
+    assert [t.id for t in me.next_batch()] == sorted([b.id, c.id])
+    with ws.sessions() as session:
+        rows = {r.ls_task_id: r for r in session.scalars(sa.select(PrelabelClaim))}
+    assert rows[a.id].done_at is not None and rows[a.id].worker == "here:2:y"  # found posted: done, not redone
+    assert rows[b.id].done_at is None and rows[c.id].done_at is None
