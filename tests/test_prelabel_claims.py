@@ -55,11 +55,13 @@ def test_stale_claims_are_taken_over_and_done_ones_never(session, project):
 
 
 def test_released_claims_are_free_at_once(session, project):
-    claims.claim_tasks(session, project, V, [1, 2], "a:1")
-    claims.finish_claims(session, project, V, [2], "a:1")
+    claims.claim_tasks(session, project, V, [1, 2, 3], "a:1")
+    assert claims.release_claims(session, project, V, "a:1", [3]) == 1  # only the tasks named
+    assert claims.claim_tasks(session, project, V, [1, 2, 3], "c:3").taken_over == [3]
+    claims.finish_claims(session, project, V, [2, 3], "a:1")  # 3 is c's now: stays open
     assert claims.release_claims(session, project, V, "a:1") == 1
     session.commit()
-    assert claims.open_workers(session, project, V) == []
+    assert claims.open_workers(session, project, V) == ["c:3"]
     took = claims.claim_tasks(session, project, V, [1, 2], "b:2")
     assert (took.new, took.taken_over) == ([], [1])
 
