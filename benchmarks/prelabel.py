@@ -25,7 +25,7 @@ What runs, in one process (Label Studio in its own subprocess, from ``labeler/st
 
 The time split comes from timers wrapped, in this script only, around the calls
 ``prelabel_project`` makes (fetch, decode, ``model_inputs``, ``Prelabeler.explain``,
-``Prelabeler.regions``, ``prelabel_results``, ``predictions.create``, ``store_predictions``);
+``Prelabeler.regions``, ``prelabel_results``, ``import_predictions`` / ``predictions.create``, ``store_predictions``);
 the worker thread's stages (fetch, decode, post, database) overlap the model's, so the shares
 add up to more than the loop. The product code is not changed.
 
@@ -70,7 +70,7 @@ STAGES = (
     ("model", "model (compiled Grad-CAM call)"),
     ("regions", "regions (`Prelabeler.regions`)"),
     ("results", "Label Studio JSON (`prelabel_results`)"),
-    ("post", "POST to Label Studio (`predictions.create`, one request per task, 4 in flight: summed over requests)"),
+    ("post", "POST to Label Studio (`import_predictions`, one per batch below 1,500 project predictions, else `predictions.create`, one per task, 4 in flight: summed over requests)"),
     ("database", "our database (`store_predictions`)"),
 )
 
@@ -149,6 +149,7 @@ class StageTimers:
             (Prelabeler, "regions", "regions"),
             (service, "prelabel_results", "results"),
             (type(ws.client.predictions), "create", "post"),
+            (type(ws.client.projects), "import_predictions", "post"),
             (db.repository, "store_predictions", "database"),
             (pipelines, "load_classifier", "load"),
         ]

@@ -65,7 +65,8 @@ def timed(function) -> float:
 def measure(sizes: list[int]) -> list[dict]:
     from explain.labelstudio.configs import labeling_config
     from labeler.cli import prelabel_settings
-    from labeler.prelabeling import POSTS_IN_FLIGHT, prelabel_project
+    from labeler.posting import POSTS_IN_FLIGHT
+    from labeler.prelabeling import prelabel_project
     from labeler.studio import LabelStudioServer
     from labeler.pending import pending_tasks
     from labeler.workspace import Workspace
@@ -117,7 +118,7 @@ def measure(sizes: list[int]) -> list[dict]:
 
 
 def section(rows: list[dict], command: str) -> str:
-    from labeler.prelabeling import POSTS_IN_FLIGHT
+    from labeler.posting import POSTS_IN_FLIGHT
 
     hw = hardware()
     lines = [

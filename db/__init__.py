@@ -8,6 +8,7 @@ Typical start::
     with Session.begin() as session:
         project = upsert_project(session, 7, title="CXR")
 """
+from .claims import Claimed, claim_tasks, finish_claims, open_workers, release_claims
 from .engine import make_engine, session_factory
 from .fingerprints import revision_fingerprint
 from .heatmaps import decode_heatmap, encode_heatmap
@@ -57,6 +58,7 @@ from .schema import (
     Failure,
     ModelVersion,
     Prediction,
+    PrelabelClaim,
     Project,
     Promotion,
     SegmenterModel,
@@ -68,11 +70,13 @@ from .timestamps import parse_ls_time, utcnow
 __all__ = [
     "AnnotationRevision",
     "Base",
+    "Claimed",
     "Failure",
     "JOB_STATES",
     "ModelVersion",
     "PROMOTION_REASONS",
     "Prediction",
+    "PrelabelClaim",
     "Project",
     "Promotion",
     "SegmenterModel",
@@ -84,12 +88,14 @@ __all__ = [
     "add_segmenter",
     "alembic_config",
     "annotations_since",
+    "claim_tasks",
     "claim_job",
     "current_annotations",
     "current_segmenter",
     "decode_heatmap",
     "delete_tasks",
     "encode_heatmap",
+    "finish_claims",
     "enqueue_training",
     "finish_job",
     "get_live_task",
@@ -104,6 +110,7 @@ __all__ = [
     "make_engine",
     "migrate",
     "model_version",
+    "open_workers",
     "parse_ls_time",
     "predictions_for",
     "promote",
@@ -111,6 +118,7 @@ __all__ = [
     "promotions_of",
     "recent_jobs",
     "record_deletion",
+    "release_claims",
     "requeue_stale",
     "revision_fingerprint",
     "revisions",

@@ -326,6 +326,25 @@ class Promotion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class PrelabelClaim(Base):
+    """One task of a project claimed by a ``labeler prelabel`` worker for one model version, so
+    that several workers (processes, machines) sharing this database never pre-label a task
+    twice (see `db.claims`). ``worker`` is "host:pid"; ``claimed_at`` moves when the claim is
+    taken over; ``done_at`` is set once the task's prediction reached Label Studio: a done claim
+    is never claimed again."""
+
+    __tablename__ = "prelabel_claims"
+    __table_args__ = (UniqueConstraint("project_id", "model_version", "ls_task_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    model_version: Mapped[str] = mapped_column(String(255))
+    ls_task_id: Mapped[int] = mapped_column(BigInteger)
+    worker: Mapped[str] = mapped_column(String(200))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class SyncMark(Base):
     """How far ``labeler sync`` has read a project (one row per project, replaced at each
     sync): ``mark`` is a Label Studio ``updated_at`` such that every task updated at or before

@@ -430,8 +430,10 @@ def prelabel(
     api_key: ApiKey = None,
     project: ProjectId = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE,
+    claim_lease: Annotated[float, typer.Option(min=1, help="Seconds after which another worker may take over "
+                                               "tasks this one claimed and has not finished (several workers on one project).")] = 600.0,
 ):
-    """Pre-label every task without a prediction of this model version (resumable) and report throughput."""
+    """Pre-label every task without a prediction of this model version (resumable; several workers may share a project) and report throughput."""
     from labeler.prelabeling import prelabel_project
     from labeler.training import promoted_segmenter
 
@@ -455,7 +457,8 @@ def prelabel(
         segmenter, settings = promoted[1], settings_of("segmenter")
         errors.print(f"note: pre-labelling with the project's promoted segmenter #{promoted[0]} (--source gradcam: Grad-CAM)", markup=False, highlight=False)
     report = prelabel_project(
-        ws, model, settings, batch_size, document_root, segmenter_path=segmenter, roi_model_path=roi_model, prior=prior
+        ws, model, settings, batch_size, document_root, segmenter_path=segmenter, roi_model_path=roi_model, prior=prior,
+        claim_lease_s=claim_lease,
     )
     for line in report.failed:
         errors.print(f"error: {line}", markup=False, highlight=False)
@@ -463,6 +466,7 @@ def prelabel(
         f"pre-labelled {report.predicted} task(s) in {report.seconds:.1f} s ({report.images_per_second:.2f} images/s), "
         f"{report.skipped} already had {report.version}, {len(report.failed)} failed"
         + (f"; re-posted {report.reposted} stored prediction(s) Label Studio lacked" if report.reposted else "")
+        + (f"; {report.elsewhere} taken by other workers" if report.elsewhere else "")
     )
     if report.failed:
         raise typer.Exit(1)

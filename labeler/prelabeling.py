@@ -1,28 +1,36 @@
 """``labeler prelabel``: pre-label a whole project in batches, without Label Studio's synchronous
 "retrieve predictions" action: the pipeline runs here and predictions are posted through the SDK.
 
-Resumable and database first: each batch is stored in our database, then posted to Label Studio,
-one ``POST /api/predictions/`` per task, several in flight (Label Studio's bulk
-``import/predictions`` costs time in proportion to the predictions already in the project; a
-single post costs the same at any size). The pending tasks are those without a prediction of the
-current model version in Label Studio (`labeler.pending`: a Data Manager filter, so a rerun with
-nothing to do lists no prediction and no task). Those whose prediction reached our database but
-not Label Studio (a crash between the two writes, or in the middle of a batch's posts: each post
-either landed, and the task is no longer pending, or did not) get the stored prediction posted
-again, not a new one. So a rerun after an interruption continues where it stopped, and afterwards
-Label Studio and our database hold the same predictions, one per task. Reading the next batch and
-storing / posting the last one overlap with the model's work.
+Resumable and database first: each batch is stored in our database, then posted to Label Studio
+(`labeler.posting`: one bulk request per batch while the project is small, one post per task
+above that, each landing whole or not at all). The pending tasks are those without a prediction
+of the current model version in Label Studio (`labeler.pending`: a Data Manager filter, so a
+rerun with nothing to do lists no prediction and no task). Those whose prediction reached our
+database but not Label Studio (a crash between the two writes, or in the middle of a batch's
+posts) get the stored prediction posted again, not a new one. So a rerun after an interruption
+continues where it stopped, and afterwards Label Studio and our database hold the same
+predictions, one per task.
+
+Several workers (processes, machines sharing the database) may pre-label one project at once:
+each claims a batch of pending tasks before reading it (`db.claims`), so no task is done twice.
+Claiming and reading the next batch, and storing / posting earlier ones, overlap the model.
 """
 from __future__ import annotations
 
+import os
+import secrets
+import socket
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import Progress
 
-from db import repository
+from db import claims, repository
+from db.schema import Project
 from explain.labelstudio.fetch import ImageFetcher
 from explain.labelstudio.configs import plan_for
 from explain.anatomy import PriorSettings
@@ -30,12 +38,13 @@ from explain.prelabel import PrelabelSettings
 from explain.service import PrelabelService
 from labeler.pending import pending_tasks
 from labeler.pipelines import build_prelabeler
+from labeler.posting import PredictionPoster
 from labeler.project import set_active_model_version
 from labeler.workspace import Workspace
 
 
-#: Single prediction posts in flight at once (Label Studio handles each in ~35-110 ms).
-POSTS_IN_FLIGHT = 4
+#: Stored-then-posted batches that may wait behind the model before it waits for them.
+SAVES_AHEAD = 4
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class PrelabelReport:
     seconds: float
     version: str
     reposted: int = 0
+    elsewhere: int = 0  # pending tasks that other workers claimed
 
     @property
     def images_per_second(self) -> float:
@@ -62,66 +72,165 @@ def prelabel_project(
     segmenter_path: Path | None = None,
     roi_model_path: Path | None = None,
     prior: PriorSettings = PriorSettings(),
+    claim_lease_s: float = claims.DEFAULT_LEASE_S,
 ) -> PrelabelReport:
     """Pre-label every task of ``ws``'s project that lacks a prediction of this model version, with
     the source ``settings.source`` (the segmenter and fusion sources need ``segmenter_path``),
-    inside the lungs of the ROI model at ``roi_model_path`` when given."""
+    inside the lungs of the ROI model at ``roi_model_path`` when given. Other workers may run
+    at once on the same project and database: each task is claimed by one of them (a claim not
+    finished within ``claim_lease_s`` seconds is taken over)."""
     project_id = ws.require_project()
     loaded, prelabeler = build_prelabeler(model_path, settings, batch_size, segmenter_path, roi_model_path, prior)
     project = ws.client.projects.get(id=project_id)
     plan = plan_for(project.label_config, prelabeler.label_names, label_map)
     service = PrelabelService(prelabeler, loaded.version, plan, ImageFetcher(ws.label_studio_url, ws.auth, document_root))
     version = service.version
-    tasks = pending_tasks(ws, project_id, version)
-    done = max(0, (project.task_number or 0) - len(tasks))
-    reposts = _stored_but_not_posted(ws, project_id, version, tasks, plan.data_key)
-    reposted = {post["task"] for post in reposts}
-    tasks = [t for t in tasks if t.id not in reposted]
-    batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
+    pending = pending_tasks(ws, project_id, version)
+    done = max(0, (project.task_number or 0) - len(pending))
+    worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    work = _Claims(ws, project_id, version, worker, claim_lease_s, pending, batch_size) if pending else None
+    poster = PredictionPoster(ws.client, project_id, project.total_predictions_number)
+    stop = threading.Event()  # after a failed save nothing more is written, as after a kill
 
-    def read(batch):
-        return service.read([{"id": task.id, "data": task.data} for task in batch])
+    def prepare():
+        """The next claimed batch: (its task ids, stored answers to repost, outcomes read)."""
+        batch = work.next_batch()
+        if not batch:
+            return None
+        reposts = _stored_but_not_posted(ws, project_id, version, batch, plan.data_key)
+        again = {post["task"] for post in reposts}
+        outcomes = service.read([{"id": t.id, "data": t.data} for t in batch if t.id not in again])
+        return [t.id for t in batch], reposts, outcomes
 
-    def save(outcomes):
-        with ws.sessions.begin() as session:  # database first: see the module docstring
-            repository.store_outcomes(
-                session, project_id, version, loaded.version, service.recorded_settings, outcomes,
-                label_studio=ws.label_studio,
-            )
-        _post(ws, posting, [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None])
+    def save(ids, reposts, outcomes):
+        if stop.is_set():
+            return
+        try:
+            if outcomes:
+                with ws.sessions.begin() as session:  # database first: see the module docstring
+                    repository.store_outcomes(
+                        session, project_id, version, loaded.version, service.recorded_settings, outcomes,
+                        label_studio=ws.label_studio,
+                    )
+            posts = reposts + [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]
+            poster.post(posts)
+            work.finish(ids, {post["task"] for post in posts})
+        except BaseException:
+            stop.set()
+            raise
 
-    predicted, failed = 0, []
+    predicted, reposted, failed = 0, 0, []
     start = time.perf_counter()
-    # The model runs here while a worker reads the next batch and stores / posts the previous one.
-    with Progress() as progress, ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(POSTS_IN_FLIGHT) as posting:
-        _post(ws, posting, reposts)
-        bar = progress.add_task("pre-labelling", total=sum(len(batch) for batch in batches))
-        reading = pool.submit(read, batches[0]) if batches else None
-        saving = None
-        for n, batch in enumerate(batches):
-            outcomes = reading.result()
-            if n + 1 < len(batches):
-                reading = pool.submit(read, batches[n + 1])
-            service.label(outcomes)
-            if saving is not None:
+    # The model runs here while one thread claims and reads the next batch and another stores and
+    # posts earlier ones (up to SAVES_AHEAD of them wait; the model waits only beyond that).
+    try:
+        with Progress() as progress, ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as saver:
+            bar = progress.add_task("pre-labelling", total=len(pending))
+            reading = reader.submit(prepare) if work else None
+            saves: deque[Future] = deque()
+            while reading is not None:
+                prepared = reading.result()
+                if prepared is None:
+                    break
+                reading = reader.submit(prepare)
+                ids, reposts, outcomes = prepared
+                if outcomes:
+                    service.label(outcomes)
+                saves.append(saver.submit(save, ids, reposts, outcomes))
+                while saves and (saves[0].done() or len(saves) > SAVES_AHEAD):
+                    saves.popleft().result()
+                predicted += sum(o.prelabel is not None for o in outcomes)
+                reposted += len(reposts)
+                failed += [o.failure[1] for o in outcomes if o.failure]
+                progress.advance(bar, len(ids))
+            for saving in saves:
                 saving.result()
-            saving = pool.submit(save, outcomes)
-            predicted += sum(o.prelabel is not None for o in outcomes)
-            failed += [o.failure[1] for o in outcomes if o.failure]
-            progress.advance(bar, len(batch))
-        if saving is not None:
-            saving.result()
-    if done or reposts or predicted:  # the Data Manager's score column shows these predictions
+    except BaseException:
+        stop.set()
+        if work is not None:
+            work.release()
+        raise
+    finally:
+        poster.close()
+    if done or reposted or predicted:  # the Data Manager's score column shows these predictions
         set_active_model_version(ws, project_id, version)
-    return PrelabelReport(predicted, done, failed, time.perf_counter() - start, version, len(reposts))
+    elsewhere = work.elsewhere if work else 0
+    return PrelabelReport(predicted, done, failed, time.perf_counter() - start, version, reposted, elsewhere)
 
 
-def _post(ws: Workspace, pool: ThreadPoolExecutor, posts: list[dict]):
-    """Each of ``posts`` (``{"task", "result", "score", "model_version"}``) as one Label Studio
-    prediction, ``POSTS_IN_FLIGHT`` at a time; returns when all are done, raises the first error."""
-    futures = [pool.submit(ws.client.predictions.create, **post) for post in posts]
-    for future in futures:
-        future.result()
+class _Claims:
+    """This worker's claims on the ``pending`` tasks (SDK task objects, id order), a batch at a
+    time (see `db.claims`). Claims of workers of this host whose process has ended are released
+    first; a task taken over from another worker is checked in Label Studio first (that worker
+    may have posted it before it stopped)."""
+
+    def __init__(self, ws: Workspace, project_id: int, version: str, worker: str, lease_s: float, pending, batch_size: int):
+        self._ws, self._version, self._worker, self._lease_s = ws, version, worker, lease_s
+        self._pending, self._cursor, self._batch_size = pending, 0, batch_size
+        self.elsewhere = 0
+        with ws.sessions.begin() as session:
+            self._project_id = repository.upsert_project(session, project_id, label_studio=ws.label_studio).id
+            for other in claims.open_workers(session, self._project(session), version):
+                if _ended_here(other):
+                    claims.release_claims(session, self._project(session), version, other)
+
+    def _project(self, session):
+        return session.get(Project, self._project_id)
+
+    def next_batch(self) -> list:
+        """Up to ``batch_size`` pending tasks now claimed by this worker; [] when none are left."""
+        batch: list = []
+        while len(batch) < self._batch_size and self._cursor < len(self._pending):
+            window = self._pending[self._cursor : self._cursor + self._batch_size - len(batch)]
+            self._cursor += len(window)
+            with self._ws.sessions.begin() as session:
+                got = claims.claim_tasks(
+                    session, self._project(session), self._version, [t.id for t in window], self._worker, self._lease_s
+                )
+            posted = {t for t in got.taken_over if _has_prediction(self._ws, t, self._version)}
+            if posted:
+                self.finish(posted, posted)
+            mine = set(got.ids) - posted
+            self.elsewhere += len(window) - len(got.ids)
+            batch += [t for t in window if t.id in mine]
+        return batch
+
+    def finish(self, ids, posted) -> None:
+        """The batch ``ids`` is through: the ``posted`` ones are done, the others (failed or
+        without a pre-label) are released, so that a rerun tries them again."""
+        with self._ws.sessions.begin() as session:
+            project = self._project(session)
+            claims.finish_claims(session, project, self._version, posted, self._worker)
+            rest = set(ids) - set(posted)
+            if rest:
+                claims.release_claims(session, project, self._version, self._worker, rest)
+
+    def release(self) -> None:
+        """Free every claim this worker has not finished (it stops early)."""
+        try:
+            with self._ws.sessions.begin() as session:
+                claims.release_claims(session, self._project(session), self._version, self._worker)
+        except Exception:  # noqa: BLE001 - the error that stopped us is the one to report
+            pass
+
+
+def _ended_here(worker: str) -> bool:
+    """Whether ``worker`` ("host:pid:token") ran on this host in a process that has ended."""
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _has_prediction(ws: Workspace, ls_task_id: int, version: str) -> bool:
+    return any(p.model_version == version for p in ws.client.predictions.list(task=ls_task_id))
 
 
 def _stored_but_not_posted(ws: Workspace, project_id: int, version: str, tasks, data_key: str) -> list[dict]:

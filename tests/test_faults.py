@@ -28,6 +28,7 @@ from db.migrating import migrate
 from db.schema import AnnotationRevision, Prediction, Project, Task
 from explain.labelstudio.results import choices_result
 from labeler.cli import app, prelabel_settings
+from labeler import posting
 from labeler.prelabeling import prelabel_project
 from labeler.studio import LabelStudioServer, free_port
 from labeler.synthetic import write_dataset
@@ -92,11 +93,12 @@ class Crash(BaseException):
     """What a kill -9 leaves: the process stops between two statements."""
 
 
-@pytest.mark.parametrize("second_write_fails", ["database", "label studio", "label studio mid-batch"])
+@pytest.mark.parametrize("second_write_fails", ["database", "label studio", "label studio mid-batch", "label studio bulk"])
 def test_a_crash_between_the_two_writes_is_repaired_by_a_rerun(label_studio, ls, material, tmp_path, monkeypatch, second_write_fails):
     """A crash after the first batch (3 tasks): before the second batch reaches our database, after it
     did but before any of its 3 predictions reached Label Studio, or after 1 of the 3 did (each task
-    is posted on its own, several at once: what landed is whatever Label Studio holds)."""
+    posted on its own, several at once: what landed is whatever Label Studio holds), or, posting in
+    bulk (a small project), before the second batch's one request."""
     env = new_project(label_studio, material, tmp_path, f"crash-{second_write_fails}")
     cli(env, "import", material["folder"] / "data" / "images")
     ws = Workspace(env["LABEL_STUDIO_URL"], env["LABEL_STUDIO_API_KEY"], int(env["LABEL_STUDIO_PROJECT"]), env["DATABASE_URL"])
@@ -117,7 +119,12 @@ def test_a_crash_between_the_two_writes_is_repaired_by_a_rerun(label_studio, ls,
 
     if second_write_fails == "database":
         monkeypatch.setattr(repository, "store_predictions", crash_from("database", repository.store_predictions, 2))
-    else:  # the first batch's 3 posts land; then none, or one more (whichever of the batch comes first)
+    elif second_write_fails == "label studio bulk":
+        first_failing = 4  # the first batch's 3 predictions land in one request, the second's request fails
+        projects = ws.client.projects
+        monkeypatch.setattr(projects, "import_predictions", crash_from("studio", projects.import_predictions, 2))
+    else:
+        monkeypatch.setattr(posting, "BULK_BELOW", 0)  # one post per task  # the first batch's 3 posts land; then none, or one more (whichever of the batch comes first)
         first_failing = 4 if second_write_fails == "label studio" else 5
         predictions = ws.client.predictions
         monkeypatch.setattr(predictions, "create", crash_from("studio", predictions.create, first_failing))
