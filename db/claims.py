@@ -7,7 +7,8 @@ row (``INSERT ... ON CONFLICT DO NOTHING RETURNING``: of two workers inserting t
 gets it, the other waits for it and gets nothing); a claim that is not done and older than the
 lease (its worker died, or released it) is taken over (its rows locked with ``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL, SQLite serialises writers; the UPDATE repeats the staleness test); a
-done claim is never claimed again. The same statements run on SQLite and PostgreSQL.
+done claim is claimed again only through `reopen_done` (its prediction was deleted in Label
+Studio since). The same statements run on SQLite and PostgreSQL.
 """
 from __future__ import annotations
 
@@ -111,6 +112,42 @@ def claim_tasks(
             taken += result
     session.flush()
     return Claimed(sorted(new), sorted(taken))
+
+
+def done_among(session: Session, project: Project, version: str, ls_task_ids: Iterable[int]) -> list[int]:
+    """Which of these tasks have a done claim, sorted."""
+    ids = sorted({int(i) for i in ls_task_ids})
+    done: list[int] = []
+    for start in range(0, len(ids), _CHUNK):
+        done += session.scalars(
+            select(PrelabelClaim.ls_task_id)
+            .where(*_of(project, version), PrelabelClaim.done_at.is_not(None),
+                   PrelabelClaim.ls_task_id.in_(ids[start : start + _CHUNK]))
+        )
+    return sorted(done)
+
+
+def reopen_done(
+    session: Session, project: Project, version: str, ls_task_ids: Iterable[int], worker: str,
+    done_before: datetime | None = None,
+) -> list[int]:
+    """Claim for ``worker`` the done claims of these tasks (those finished before
+    ``done_before`` when given): the caller saw them lack a prediction in Label Studio after
+    they were done, so their prediction was deleted since. Of several workers reopening one
+    task, one gets it (the UPDATE requires it still done). Returns the task ids reopened."""
+    ids = sorted({int(i) for i in ls_task_ids})
+    reopened: list[int] = []
+    done = PrelabelClaim.done_at.is_not(None) if done_before is None else PrelabelClaim.done_at < done_before
+    for start in range(0, len(ids), _CHUNK):
+        reopened += session.scalars(
+            update(PrelabelClaim)
+            .where(*_of(project, version), done, PrelabelClaim.ls_task_id.in_(ids[start : start + _CHUNK]))
+            .values(worker=worker, claimed_at=utcnow(), done_at=None)
+            .returning(PrelabelClaim.ls_task_id),
+            execution_options={"synchronize_session": False},
+        )
+    session.flush()
+    return sorted(reopened)
 
 
 def finish_claims(session: Session, project: Project, version: str, ls_task_ids: Iterable[int], worker: str) -> int:

@@ -25,12 +25,14 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from rich.progress import Progress
 
 from db import claims, repository
 from db.schema import Project
+from db.timestamps import utcnow
 from explain.labelstudio.fetch import ImageFetcher
 from explain.labelstudio.configs import plan_for
 from explain.anatomy import PriorSettings
@@ -45,6 +47,8 @@ from labeler.workspace import Workspace
 
 #: Stored-then-posted batches that may wait behind the model before it waits for them.
 SAVES_AHEAD = 4
+#: Clocks of the machines sharing the database may differ by up to this much (seconds).
+CLOCK_SKEW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,11 @@ def prelabel_project(
     plan = plan_for(project.label_config, prelabeler.label_names, label_map)
     service = PrelabelService(prelabeler, loaded.version, plan, ImageFetcher(ws.label_studio_url, ws.auth, document_root))
     version = service.version
+    listed_after = utcnow() - timedelta(seconds=CLOCK_SKEW_S)
     pending = pending_tasks(ws, project_id, version)
     done = max(0, (project.task_number or 0) - len(pending))
     worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-    work = _Claims(ws, project_id, version, worker, claim_lease_s, pending, batch_size) if pending else None
+    work = _Claims(ws, project_id, version, worker, claim_lease_s, pending, batch_size, listed_after) if pending else None
     poster = PredictionPoster(ws.client, project_id, project.total_predictions_number)
     stop = threading.Event()  # after a failed save nothing more is written, as after a kill
 
@@ -162,10 +167,18 @@ class _Claims:
     """This worker's claims on the ``pending`` tasks (SDK task objects, id order), a batch at a
     time (see `db.claims`). Claims of workers of this host whose process has ended are released
     first; a task taken over from another worker is checked in Label Studio first (that worker
-    may have posted it before it stopped)."""
+    may have posted it before it stopped). A pending task with a done claim had its prediction
+    deleted in Label Studio since, and is claimed again: without asking when the claim was done
+    before ``listed_after`` (the listing's start, less the clock skew allowed), else when Label
+    Studio, asked now, still has no prediction of the version for it (it may have been posted
+    by another worker after our listing)."""
 
-    def __init__(self, ws: Workspace, project_id: int, version: str, worker: str, lease_s: float, pending, batch_size: int):
+    def __init__(
+        self, ws: Workspace, project_id: int, version: str, worker: str, lease_s: float, pending, batch_size: int,
+        listed_after: datetime,
+    ):
         self._ws, self._version, self._worker, self._lease_s = ws, version, worker, lease_s
+        self._listed_after = listed_after
         self._pending, self._cursor, self._batch_size = pending, 0, batch_size
         self.elsewhere = 0
         with ws.sessions.begin() as session:
@@ -184,16 +197,26 @@ class _Claims:
             window = self._pending[self._cursor : self._cursor + self._batch_size - len(batch)]
             self._cursor += len(window)
             with self._ws.sessions.begin() as session:
-                got = claims.claim_tasks(
-                    session, self._project(session), self._version, [t.id for t in window], self._worker, self._lease_s
-                )
+                project = self._project(session)
+                got = claims.claim_tasks(session, project, self._version, [t.id for t in window], self._worker, self._lease_s)
+                claimed = set(got.ids)
+                done = claims.done_among(session, project, self._version, [t.id for t in window if t.id not in claimed])
+                again = claims.reopen_done(session, project, self._version, done, self._worker, self._listed_after)
+            again += self._reopen_deleted([i for i in done if i not in again])
             posted = {t for t in got.taken_over if _has_prediction(self._ws, t, self._version)}
             if posted:
                 self.finish(posted, posted)
-            mine = set(got.ids) - posted
-            self.elsewhere += len(window) - len(got.ids)
+            mine = (claimed | set(again)) - posted
+            self.elsewhere += len(window) - len(got.ids) - len(again)
             batch += [t for t in window if t.id in mine]
         return batch
+
+    def _reopen_deleted(self, recently_done: list[int]) -> list[int]:
+        gone = [i for i in recently_done if not _has_prediction(self._ws, i, self._version)]
+        if not gone:
+            return []
+        with self._ws.sessions.begin() as session:
+            return claims.reopen_done(session, self._project(session), self._version, gone, self._worker)
 
     def finish(self, ids, posted) -> None:
         """The batch ``ids`` is through: the ``posted`` ones are done, the others (failed or

@@ -54,6 +54,22 @@ def test_stale_claims_are_taken_over_and_done_ones_never(session, project):
     assert claims.claim_tasks(session, project, V, [2, 3], "c:3").ids == []  # b's claims are fresh
 
 
+def test_done_claims_reopen_only_when_done_before_the_time_given(session, project):
+    claims.claim_tasks(session, project, V, [1, 2, 3], "a:1")
+    claims.finish_claims(session, project, V, [1, 2], "a:1")
+    session.commit()
+    later = db.utcnow() + timedelta(seconds=1)
+    assert claims.reopen_done(session, project, V, [1, 2, 3], "b:2", db.utcnow() - timedelta(seconds=60)) == []  # done since
+    assert claims.reopen_done(session, project, V, [1, 3], "b:2", later) == [1]  # 3 is open, not done
+    assert claims.reopen_done(session, project, V, [1], "c:3", later) == []  # one worker gets it
+    session.commit()
+    row = session.scalars(sa.select(PrelabelClaim).where(PrelabelClaim.ls_task_id == 1)).one()
+    assert (row.worker, row.done_at) == ("b:2", None)
+    assert claims.claim_tasks(session, project, V, [1], "c:3").ids == []  # b's fresh claim again
+    assert claims.done_among(session, project, V, [1, 2, 3]) == [2]
+    assert claims.reopen_done(session, project, V, [2], "c:3") == [2]  # any done claim, when no time is given
+
+
 def test_released_claims_are_free_at_once(session, project):
     claims.claim_tasks(session, project, V, [1, 2, 3], "a:1")
     assert claims.release_claims(session, project, V, "a:1", [3]) == 1  # only the tasks named

@@ -148,9 +148,27 @@ def test_a_task_taken_over_from_a_stopped_worker_is_checked_in_label_studio_firs
         session.execute(sa.update(PrelabelClaim).values(claimed_at=utcnow() - timedelta(seconds=601)))
     ls.predictions.create(task=a.id, result=RESULT, score=0.5, model_version=version)  # X's post landed
 
-    me = _Claims(ws, project, version, "here:2:y", 600.0, stale_list, batch_size=3)
+    me = _Claims(ws, project, version, "here:2:y", 600.0, stale_list, batch_size=3, listed_after=utcnow() - timedelta(seconds=60))
     assert [t.id for t in me.next_batch()] == sorted([b.id, c.id])
     with ws.sessions() as session:
         rows = {r.ls_task_id: r for r in session.scalars(sa.select(PrelabelClaim))}
     assert rows[a.id].done_at is not None and rows[a.id].worker == "here:2:y"  # found posted: done, not redone
     assert rows[b.id].done_at is None and rows[c.id].done_at is None
+
+
+def test_a_prediction_deleted_in_label_studio_is_posted_again_by_the_next_run(label_studio, ls, material, tmp_path):
+    """Done claims do not hide a task whose prediction a user deleted: the next run posts that
+    task's stored answer again (same version, same image), once, and nothing else."""
+    env = new_project(label_studio, f"sqlite:///{tmp_path / 'labeler.db'}", "deleted-prediction", material, material["few"])
+    project = int(env["LABEL_STUDIO_PROJECT"])
+    ws = Workspace(env["LABEL_STUDIO_URL"], env["LABEL_STUDIO_API_KEY"], project, env["DATABASE_URL"])
+    settings = prelabel_settings("layercam", None, "predicted", "fraction:0.2", 0.001, 64)
+    run = lambda: prelabel_project(ws, material["model"], settings, batch_size=4, document_root=label_studio.document_root)  # noqa: E731
+    assert run().predicted == 12
+    victim = list(ls.predictions.list(project=project))[5]
+    ls.predictions.delete(id=victim.id)
+    again = run()
+    assert (again.predicted, again.reposted, again.elsewhere) == (0, 1, 0), again
+    per_task = Counter(p.task for p in ls.predictions.list(project=project) if p.model_version == again.version)
+    assert len(per_task) == 12 and set(per_task.values()) == {1}
+    assert run().predicted == 0
