@@ -522,23 +522,19 @@ def live_tasks(session: Session, project: Project) -> list[Task]:
 
 def known_sources(session: Session, project: Project, source_names: Iterable[str]) -> set[str]:
     """Those of ``source_names`` that a live task of the project has (one indexed query)."""
-    names = list(set(source_names))
-    if not names:
-        return set()
-    query = select(Task.source_name).where(
-        Task.project_id == project.id, Task.deleted_at.is_(None), Task.source_name.in_(names)
-    )
-    return set(session.scalars(query))
+    return _known(session, project, Task.source_name, source_names)
 
 
 def known_content(session: Session, project: Project, content_hashes: Iterable[str]) -> set[str]:
     """Those of ``content_hashes`` that a live task of the project shows (one indexed query)."""
-    hashes = list(set(content_hashes))
-    if not hashes:
+    return _known(session, project, Task.content_hash, content_hashes)
+
+
+def _known(session: Session, project: Project, column, values: Iterable[str]) -> set[str]:
+    wanted = list(set(values))
+    if not wanted:
         return set()
-    query = select(Task.content_hash).where(
-        Task.project_id == project.id, Task.deleted_at.is_(None), Task.content_hash.in_(hashes)
-    )
+    query = select(column).where(Task.project_id == project.id, Task.deleted_at.is_(None), column.in_(wanted))
     return set(session.scalars(query))
 
 
