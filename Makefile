@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/export_memory.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/prelabel_scale.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/scale.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/stats_scale.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out

@@ -13,7 +13,9 @@ extracted with ``git archive`` and put first on PYTHONPATH) on a copy of the dat
 down to that code's head (``--baseline-revision``, default 0005), and its CSV files are compared
 with the current code's.
 
-    python benchmarks/stats_scale.py [--tasks 2000,8000] [--size 256] [--baseline 1a8e036]
+    python benchmarks/stats_scale.py [--tasks 2000,8000] [--size 256] [--baseline 1a8e036] [--out BENCHMARKS.md]
+
+With ``--out`` the table is written between ``<!-- stats-scale:start -->`` and ``<!-- stats-scale:end -->``.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import hardware, load_average, write_section  # noqa: E402  benchmarks/results.py
+
+START, END = "<!-- stats-scale:start -->", "<!-- stats-scale:end -->"
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = 7
@@ -140,6 +146,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="mask side, pixels")
     parser.add_argument("--baseline", help="git commit whose stats to measure first (before / after)")
     parser.add_argument("--baseline-revision", default="0005", help="the baseline code's migration head")
+    parser.add_argument("--out", type=Path, help="Markdown file to write the section into (e.g. BENCHMARKS.md)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.tasks.split(",") if n]
     rows: dict[str, list[dict]] = {}
@@ -176,6 +183,29 @@ def main() -> None:
                 a, b = fit(ns, [r[key] for r in measured])
                 print(f"{name:6} {key:9} ~ {a:8.1f} + {b * 1000:8.3f} {unit} per 1,000 tasks; "
                       f"100,000 tasks: {a + b * 100_000:9.0f} {unit}; 1,000,000: {a + b * 1_000_000:9.0f} {unit}")
+    if args.out:
+        command = " ".join(["python", "benchmarks/stats_scale.py", *sys.argv[1:]])
+        write_section(args.out, START, END, section(rows, args.size, command))
+
+
+def section(rows: dict[str, list[dict]], size: int, command: str) -> str:
+    """The Markdown table of every run: time and peak memory per size, fitted per 1,000 tasks."""
+    hw = hardware()
+    lines = [
+        START, "## `labeler stats` as the project grows", "",
+        f"`{command}` on {time.strftime('%Y-%m-%d')}, {hw['cpu']}, {hw['cores']} cores, {hw['ram_gib']:.0f} GiB, "
+        f"load average {load_average()}; SQLite; {size} px masks, one prediction and two annotators per task; "
+        "each run in its own process (time without the imports, peak RSS).",
+        "", "| code | tasks | seconds | peak RSS |", "|---|---:|---:|---:|",
+    ]
+    for name, measured in rows.items():
+        lines += [f"| {name} | {r['tasks']:,} | {r['seconds']:.1f} s | {r['peak_mib']:.0f} MiB |" for r in measured]
+        if len(measured) >= 2:
+            ns = [r["tasks"] for r in measured]
+            (_, ds), (_, dm) = fit(ns, [r["seconds"] for r in measured]), fit(ns, [r["peak_mib"] for r in measured])
+            lines.append(f"| {name} | per 1,000 more | {ds * 1000:+.1f} s | {dm * 1000:+.1f} MiB |")
+    lines.append(END)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -530,7 +530,19 @@ def known_content(session: Session, project: Project, content_hashes: Iterable[s
     return _known(session, project, Task.content_hash, content_hashes)
 
 
-def _known(session: Session, project: Project, column, values: Iterable[str]) -> set[str]:
+def known_task_ids(session: Session, project: Project, ls_task_ids: Iterable[int]) -> set[int]:
+    """Those of ``ls_task_ids`` that are live tasks of the project (one indexed query)."""
+    return _known(session, project, Task.ls_task_id, ls_task_ids)
+
+
+def live_task_count(session: Session, project: Project) -> int:
+    """How many live tasks the project has."""
+    return session.scalar(
+        select(func.count()).select_from(Task).where(Task.project_id == project.id, Task.deleted_at.is_(None))
+    )
+
+
+def _known(session: Session, project: Project, column, values: Iterable) -> set:
     wanted = list(set(values))
     if not wanted:
         return set()

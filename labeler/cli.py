@@ -385,6 +385,8 @@ def import_command(
         errors.print(f"error: {line}", markup=False, highlight=False)
     if report.recovered:
         console.print(f"recorded {report.recovered} task(s) that an interrupted import had created")
+    if report.adopted:
+        console.print(f"recorded {report.adopted} task(s) of the project that our database did not know")
     console.print(f"imported {report.added}, skipped {report.skipped} already in the project, {len(report.errors)} failed")
     if report.errors:
         raise typer.Exit(1)

@@ -8,11 +8,13 @@ the manifest or the folder names it), ``patient`` when known (a keyed hash, `lab
 the manifest's patient id, else of a DICOM's PatientID; raw ids never leave this machine) and the
 manifest's study / date / split / extra columns.
 
-What is new is decided by our database, never by listing the project in Label Studio: a file whose
+What is new is decided by our database, not by listing the project in Label Studio: a file whose
 ``source`` is a live task of the project is skipped before it is read, an image whose content hash
 is one is skipped after (indexed queries, a batch at a time). So every task the import creates is
 recorded in our database as well (`db.repository.live_task`), from the ids Label Studio's import
-returns (``return_task_ids``), right after each bulk request.
+returns (``return_task_ids``), right after each bulk request. Only when Label Studio counts more
+tasks than our database holds (tasks made another way, or imported by an earlier version) are
+the project's tasks listed once, with cheap fields, and the unknown ones recorded (`_Run.adopt`).
 
 A kill between a bulk request and its database write would leave tasks our database does not
 know, and the rerun would import their files again. So before each request the import writes a
@@ -63,6 +65,7 @@ class Imported:
     skipped: int  # files already in the project (same source, or same image)
     errors: list[str]  # one line per file or manifest row / column that could not be imported
     recovered: int = 0  # tasks of an interrupted run that our database learnt now
+    adopted: int = 0  # tasks made another way (or by an earlier version) that our database learnt now
 
 
 def import_images(
@@ -94,6 +97,7 @@ def import_images(
         project_pk = repository.upsert_project(session, project_id, label_studio=ws.label_studio).id
     run = _Run(ws, project_id, project_pk, folder, document_root.resolve(), batch)
     recovered = run.recover()
+    adopted = run.adopt()
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[skipped]} skipped, {task.fields[failed]} failed"), TimeRemainingColumn(),
@@ -109,7 +113,7 @@ def import_images(
         for chunk in _chunks(items, batch):
             run.take(chunk, done)
         run.flush(everything=True)
-    return Imported(run.added, run.skipped, errors, recovered)
+    return Imported(run.added, run.skipped, errors, recovered, adopted)
 
 
 def _items(paths: list[Path], manifest: Path | None) -> tuple[int, Iterator[Item], list[str]]:
@@ -244,6 +248,22 @@ class _Run:
         for path in journals:
             path.unlink(missing_ok=True)
         return recovered
+
+    def adopt(self) -> int:
+        """Record the project's tasks our database does not know (made in Label Studio another
+        way, or imported by an earlier version), so that their sources and images are skipped
+        too: only when Label Studio counts more tasks than our database holds, by one listing
+        of cheap fields (after it the counts agree, and later imports list nothing)."""
+        theirs = self.ws.client.projects.get(id=self.project_id).task_number or 0
+        with self.ws.sessions() as session:
+            if theirs <= repository.live_task_count(session, self._project(session)):
+                return 0
+        adopted = 0
+        for page in _pages(self.ws, self.project_id, {"ordering": ["tasks:id"]}):
+            with self.ws.sessions() as session:
+                known = repository.known_task_ids(session, self._project(session), (t["id"] for t in page))
+            adopted += self.record([(t["id"], t.get("data") or {}) for t in page if t["id"] not in known])
+        return adopted
 
     def _project(self, session) -> Project:
         return session.get(Project, self.project_pk)

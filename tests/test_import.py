@@ -253,3 +253,22 @@ def test_a_project_with_an_unkeyed_patient_value_is_refused_without_listing_it(l
         "run `labeler rekey-patients` first (same --database-url), then import again"
     ], refused.output
     assert len(s.tasks()) == 6
+
+
+def test_tasks_our_database_does_not_know_are_adopted_once_and_not_imported_again(label_studio, ls, tmp_path):
+    """A project imported with another database (an earlier version, another machine, a changed
+    Label Studio address): the first import lists the project once, records its tasks, and skips
+    their images; the next import lists nothing."""
+    s = Setup(label_studio, ls, tmp_path, "adopt")
+    folder = tmp_path / "images"
+    for i in range(5):
+        write_png(folder / f"{i}.png", 60 + i)
+    assert import_images(s.ws, [folder], s.root).added == 5
+    elsewhere = Workspace(label_studio.url, label_studio.token, s.project, f"sqlite:///{tmp_path / 'fresh.db'}")
+    migrate(elsewhere.database_url)
+    write_png(folder / "new.png", 90)
+    first = import_images(elsewhere, [folder], s.root)
+    assert (first.adopted, first.added, first.skipped) == (5, 1, 5)
+    assert len(s.tasks()) == 6
+    again = import_images(elsewhere, [folder], s.root)
+    assert (again.adopted, again.added, again.skipped) == (0, 0, 6)

@@ -40,8 +40,10 @@ def test_prelabel_follows_the_promoted_segmenter_and_models_commands_switch_it(m
         cv2.imwrite(str(folder / f"img{n}.png"), image[..., 0])
     assert labeler("import", folder).exit_code == 0
 
-    nothing = labeler("models", "list")
-    assert nothing.exit_code == 2 and "not in the database" in nothing.output  # nothing stored for it yet
+    nothing = labeler("models", "list")  # the import recorded the project: nothing trained yet
+    assert nothing.exit_code == 0 and "Grad-CAM (no promoted segmenter)" in nothing.output
+    unknown = labeler("models", "list", "--project", "999")
+    assert unknown.exit_code == 2 and "not in the database" in unknown.output
     gradcam = labeler("prelabel", "--model", classifier_path)
     assert gradcam.exit_code == 0 and "promoted segmenter" not in gradcam.output
 
