@@ -93,6 +93,7 @@ def _train_forever(settings) -> None:
     """The training job runner alone, until Ctrl-C / SIGTERM."""
     import signal
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped while starting: nothing to finish yet
     from backend.app import Backend
 
     backend = Backend(settings)

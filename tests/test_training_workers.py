@@ -57,4 +57,5 @@ def test_two_workers_run_every_job_once(postgres_database, model_path):  # noqa:
     assert {r.worker.rsplit(":", 1)[1] for r in rows} <= {str(w.pid) for w in workers}
     started = sum(o.count(" started (project ") for o in outputs)
     assert started == PROJECTS, outputs  # each job started once, in one of the two
-    assert all(w.returncode == 0 for w in workers) and not any("Traceback" in o for o in outputs)
+    codes = [w.returncode for w in workers]
+    assert codes == [0, 0] and not any("Traceback" in o for o in outputs), (codes, outputs)
