@@ -135,14 +135,14 @@ def corrected_tasks(
     read in `session` as ids only, and the labels of the project's labelling config; the records
     are then loaded through ``sessions`` (see `CorrectedTasks`). ``label_studio`` names the
     project's Label Studio (see `db.repository.get_project`)."""
-    from .repository import get_project
+    from .repository import get_project, last_revision_ids
     from .schema import AnnotationRevision, Prediction, Task
 
     project = get_project(session, ls_project_id, label_studio)
     if project is None:
         raise ValueError(f"project {ls_project_id} is not in the database: run `labeler sync` (or connect the backend) first")
     live = (Task.project_id == project.id, Task.deleted_at.is_(None))
-    last_ids = select(func.max(AnnotationRevision.id)).join(Task).where(*live).group_by(AnnotationRevision.ls_annotation_id)
+    last_ids = last_revision_ids(project)
     query = (
         select(Task.ls_task_id, Task.id, AnnotationRevision.id, Task.patient_key.is_(None))
         .join(Task, AnnotationRevision.task_id == Task.id)

@@ -162,8 +162,8 @@ def live_task(
 
 
 PATIENT_DATA_KEY = "patient"  # task data key of the keyed patient value (labeler.patients)
-# The data keys a patient key is taken from, first found: as models.splits.PATIENT_KEYS (the
-# export has always read ``patient_id`` too), so that stored keys split exactly as before.
+# The data keys a patient key is taken from, first found (the export has always read
+# ``patient_id`` too), so that stored keys split exactly as the export's earlier keys did.
 PATIENT_DATA_KEYS = ("patient_id", PATIENT_DATA_KEY)
 SOURCE_DATA_KEY = "source"  # task data key of the original file's path, as imported
 _PATIENT_MAX = 64
@@ -514,12 +514,6 @@ def revisions(
     return list(session.scalars(query.order_by(AnnotationRevision.id)))
 
 
-def live_tasks(session: Session, project: Project) -> list[Task]:
-    """The project's tasks not marked deleted, by Label Studio task id."""
-    query = select(Task).where(Task.project_id == project.id, Task.deleted_at.is_(None)).order_by(Task.ls_task_id)
-    return list(session.scalars(query))
-
-
 def known_sources(session: Session, project: Project, source_names: Iterable[str]) -> set[str]:
     """Those of ``source_names`` that a live task of the project has (one indexed query)."""
     return _known(session, project, Task.source_name, source_names)
@@ -554,13 +548,13 @@ def current_annotations(session: Session, project: Project) -> list[AnnotationRe
     """The last revision of every annotation on the project's live tasks, deleted ones left out."""
     query = (
         select(AnnotationRevision)
-        .where(AnnotationRevision.id.in_(_last_revision_ids(project)), AnnotationRevision.action != "deleted")
+        .where(AnnotationRevision.id.in_(last_revision_ids(project)), AnnotationRevision.action != "deleted")
         .order_by(AnnotationRevision.id)
     )
     return list(session.scalars(query))
 
 
-def _last_revision_ids(project: Project):
+def last_revision_ids(project: Project):
     """Subquery: the id of the newest revision of every annotation on the project's live tasks."""
     return (
         select(func.max(AnnotationRevision.id))
@@ -574,7 +568,7 @@ def live_counts(session: Session, project: Project) -> tuple[int, dict[int, int]
     """How many live tasks the project has, and Label Studio task id -> number of current (not
     deleted) annotations for the live tasks that have any: what Label Studio's own counts
     (``task_number``; per task ``total_annotations + cancelled_annotations``) should equal."""
-    tasks = session.scalar(select(func.count(Task.id)).where(Task.project_id == project.id, Task.deleted_at.is_(None)))
+    tasks = live_task_count(session, project)
     # an annotation belongs to one task: grouping by (task, annotation) reads the index
     # (task_id, ls_annotation_id) alone
     last = (
@@ -589,7 +583,7 @@ def live_counts(session: Session, project: Project) -> tuple[int, dict[int, int]
         .where(AnnotationRevision.id.in_(last), AnnotationRevision.action != "deleted")
         .group_by(Task.ls_task_id)
     )
-    return int(tasks or 0), {int(task): int(n) for task, n in rows}
+    return tasks, {int(task): int(n) for task, n in rows}
 
 
 def live_task_ids(session: Session, project: Project) -> set[int]:

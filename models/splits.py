@@ -8,7 +8,6 @@ import hashlib
 import numpy as np
 
 SPLIT_NAMES = ("train", "val", "test")
-PATIENT_KEYS = ("patient_id", "patient")
 
 
 def split_of(patient: str, seed: int, fractions: tuple[float, float, float]) -> str:
@@ -25,18 +24,10 @@ def split_of(patient: str, seed: int, fractions: tuple[float, float, float]) -> 
     return next(n for n, f in zip(reversed(SPLIT_NAMES), reversed(fractions)) if f > 0)
 
 
-def patient_key(data: dict | None, ls_task_id: int) -> str:
-    """``patient_id`` or ``patient`` of the task data; else the task is its own patient."""
-    for key in PATIENT_KEYS:
-        value = (data or {}).get(key)
-        if value not in (None, ""):
-            return str(value)
-    return f"task-{ls_task_id}"
-
-
 def stored_patient(key: str | None, ls_task_id: int) -> str:
-    """The patient of a task whose stored key (our database's ``tasks.patient_key``, see
-    `patient_key`) is ``key``; a task without one is its own patient."""
+    """The patient of a task whose stored key (our database's ``tasks.patient_key``, taken from
+    the task data's ``patient_id`` or ``patient``: `db.repository.task_origin`) is ``key``; a task
+    without one is its own patient."""
     return key if key else f"task-{ls_task_id}"
 
 
