@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 XRAYS = ROOT.parent / "shared" / "data" / "cxr" / "images"
 START, END = "<!-- prelabel:start -->", "<!-- prelabel:end -->"
 BATCHES = (16, 32)
-AIM = 0.7
+AIM = 0.85  # issue 16: end to end at least 0.85 of the forward-only speed at batch 16
 STAGES = (
     ("fetch", "fetch (read from the document root)"),
     ("decode", "decode (`load_image`)"),
@@ -375,21 +375,33 @@ def forward_ips(run: dict) -> float:
     return run["tasks"] / mean(run["forward_s"])
 
 
+def cold_forward_ips(run: dict) -> float:
+    """The forward-only speed with its one-time graph building counted, as the loop counts ours:
+    the traced first chunk, then the rest at the measured pace."""
+    rest = mean(run["forward_s"]) * (run["tasks"] - run["batch"]) / run["tasks"]
+    return run["tasks"] / (run["forward_trace_s"] + rest)
+
+
+def steady_ratio(run: dict) -> float:
+    return run["steady_ips"] / forward_ips(run)
+
+
 def main_table(runs: list[dict]) -> list[str]:
     lines = [
-        "| batch | tasks | pre-labelled | loop s | end-to-end img/s | forward img/s (before / after) | **ratio** "
-        "| wall s (with setup) | img/s on wall | ratio on wall | steady img/s (after batch 1) | steady ratio |",
-        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| batch | tasks | pre-labelled | **steady img/s** (after batch 1) | forward img/s, traced (before / after) "
+        "| **steady ratio** | loop s | loop img/s (with tracing) | forward img/s with its tracing | ratio, both with tracing "
+        "| loop / traced forward | wall s (with setup) | ratio on wall |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
-        fwd = forward_ips(r)
+        fwd, cold = forward_ips(r), cold_forward_ips(r)
         before, after = (r["tasks"] / s for s in r["forward_s"])
         e2e = r["predicted"] / r["loop_s"]
         wall = r["predicted"] / r["wall_s"]
         lines.append(
-            f"| {r['batch']} | {r['tasks']} | {r['predicted']} | {r['loop_s']:.1f} | {e2e:.2f} "
-            f"| {fwd:.2f} ({before:.2f} / {after:.2f}) | **{e2e / fwd:.2f}** | {r['wall_s']:.1f} | {wall:.2f} "
-            f"| {wall / fwd:.2f} | {r['steady_ips']:.2f} | {r['steady_ips'] / fwd:.2f} |"
+            f"| {r['batch']} | {r['tasks']} | {r['predicted']} | {r['steady_ips']:.2f} "
+            f"| {fwd:.2f} ({before:.2f} / {after:.2f}) | **{steady_ratio(r):.2f}** | {r['loop_s']:.1f} | {e2e:.2f} "
+            f"| {cold:.2f} | {e2e / cold:.2f} | {e2e / fwd:.2f} | {r['wall_s']:.1f} | {wall / fwd:.2f} |"
         )
     return lines
 
@@ -444,12 +456,17 @@ def report(results: dict, quick: bool, tasks: int) -> str:
         f"deployment), not through its local-files HTTP serving; predictions are posted one request per batch through the SDK; "
         f"our database is a temporary SQLite file.",
         "",
-        "End-to-end img/s = pre-labelled tasks / the loop's seconds as `prelabel_project` reports them "
-        "(`PrelabelReport.seconds`: fetch to the last stored prediction, including the first call's graph tracing). "
         "Forward = a traced `tf.function` of `model(x, training=False)` on the same images preprocessed with "
         "`model_inputs`, in chunks of the batch size, timed once right before and once right after the run; "
-        "the baseline is the mean of the two. \"Wall\" adds what `prelabel_project` does before its loop (loading "
-        "the model, listing predictions and tasks). \"Steady\" leaves out the first batch (tracing).",
+        "the baseline is the mean of the two (a speed measured after its graph is built). **Steady** = the "
+        "pre-labelling speed measured the same way, after the first batch is stored (its graph built): tasks "
+        "after the first batch / seconds from the first batch's database write to the last; this is the ratio "
+        "the aim is judged on, a speed against a speed, each after its one-time graph building. Loop = the "
+        "seconds `prelabel_project` reports (`PrelabelReport.seconds`: claim and fetch of the first batch to the "
+        "last stored prediction, the first call's graph tracing included); it is compared with the forward "
+        "baseline with its own tracing counted the same way (the traced first chunk, then the rest at its pace), "
+        "and, for reference, with the traced forward (that ratio charges tracing to one side only). \"Wall\" "
+        "adds what `prelabel_project` does before its loop (loading the model, listing pending tasks).",
         "",
         *main_table(runs),
         "",
@@ -493,8 +510,12 @@ def report(results: dict, quick: bool, tasks: int) -> str:
         ]
     lines += ["### Aims", ""]
     for r in runs:
-        ratio = r["predicted"] / r["loop_s"] / forward_ips(r)
-        lines.append(f"- end-to-end / forward >= {AIM} at batch {r['batch']}: {ratio:.2f} — {verdict(ratio >= AIM)}")
+        ratio = steady_ratio(r)
+        both = r["predicted"] / r["loop_s"] / cold_forward_ips(r)
+        lines.append(
+            f"- end-to-end / forward >= {AIM} at batch {r['batch']} (steady speeds): {ratio:.2f} — "
+            f"{verdict(ratio >= AIM)} (both with their graph building: {both:.2f})"
+        )
     if rerun:
         again = rerun["predicted"] == 0 and rerun["skipped"] == first["tasks"]
         lines.append(

@@ -164,13 +164,13 @@ def _decode_raster(label: str, kind: str, data: bytes) -> np.ndarray:
         raise ImageError(f"{label}: corrupt or truncated {kind} data")
     if image.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{label}: unsupported {kind} sample type {image.dtype}")
-    x = image.astype(np.float32) / np.iinfo(image.dtype).max
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.shape[2] == 4:
-        x = x[..., :3] * x[..., 3:]
-    rgb = np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x[..., ::-1]
-    return np.ascontiguousarray(rgb)
+    scale = np.float32(np.iinfo(image.dtype).max)
+    if image.ndim == 3 and image.shape[2] == 4:
+        x = image.astype(np.float32) / scale
+        return np.ascontiguousarray((x[..., :3] * x[..., 3:])[..., ::-1])
+    # channels first on the integers (a quarter of the bytes), then one pass to float
+    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 or image.shape[2] == 1 else cv2.COLOR_BGR2RGB)
+    return np.divide(rgb, scale, dtype=np.float32)
 
 
 def _decode_dicom(label: str, ds: Dataset) -> np.ndarray:

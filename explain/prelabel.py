@@ -220,12 +220,16 @@ class Prelabeler:
         """
         return self.regions(images, self.explain(images), rois)
 
-    def explain(self, images: Sequence[np.ndarray]) -> list[ModelOutput]:
+    def explain(self, images: Sequence[np.ndarray], inputs: np.ndarray | None = None) -> list[ModelOutput]:
         """The model step: probabilities and low-resolution class maps, one compiled call per batch
-        (and the segmenter's and the ROI model's maps, one call each per batch)."""
+        (and the segmenter's and the ROI model's maps, one call each per batch). ``inputs``:
+        the classifier's input for these images when already made (``model_inputs``)."""
         if not len(images):
             return []
-        explanations = self.cam.explain(model_inputs(images, self.spec), self.settings.target, self.spec.class_names)
+        inputs = model_inputs(images, self.spec) if inputs is None else inputs
+        if len(inputs) != len(images):
+            raise ValueError(f"inputs must have one row per image ({len(images)}), got {len(inputs)}")
+        explanations = self.cam.explain(inputs, self.settings.target, self.spec.class_names)
         lesion_maps = self.segmenter(images) if self.segmenter else [None] * len(images)
         roi_maps = self.roi_model(images).max(axis=-1) if self.roi_model else [None] * len(images)
         return [ModelOutput(e, m, r) for e, m, r in zip(explanations, lesion_maps, roi_maps)]

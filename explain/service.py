@@ -25,7 +25,7 @@ from explain.labelstudio.fetch import FetchError, ImageFetcher
 from explain.images import MAX_PIXELS, ImageError, load_image
 from explain.labelstudio.configs import LabelingPlan
 from explain.labelstudio.results import prelabel_results
-from explain.prelabel import Prelabel, Prelabeler
+from explain.prelabel import ModelOutput, Prelabel, Prelabeler, model_inputs
 
 Stage = Callable[[str], AbstractContextManager]
 
@@ -100,14 +100,28 @@ class PrelabelService:
 
     def label(self, outcomes: list[TaskOutcome]) -> list[TaskOutcome]:
         """Pre-labels and answers for the read tasks (failed ones get an empty answer); the
-        decoded images are released."""
+        decoded images are released. The same as ``describe(outcomes, infer(outcomes))``."""
+        return self.describe(outcomes, self.infer(outcomes))
+
+    def inputs(self, outcomes: list[TaskOutcome]) -> np.ndarray | None:
+        """The classifier's input for the read tasks' images (None when none was read): the part of
+        the model step a pipeline may run ahead, on another thread."""
+        images = [o.image for o in outcomes if o.failure is None]
+        return model_inputs(images, self.prelabeler.spec) if images else None
+
+    def infer(self, outcomes: list[TaskOutcome], inputs: np.ndarray | None = None) -> list[ModelOutput]:
+        """The model step for the read tasks (``inputs``: from ``inputs(outcomes)`` when made ahead)."""
+        with self.stage("model"):
+            return self.prelabeler.explain([o.image for o in outcomes if o.failure is None], inputs)
+
+    def describe(self, outcomes: list[TaskOutcome], outputs: list[ModelOutput]) -> list[TaskOutcome]:
+        """Regions and answers from the model's ``outputs`` (one per read task, as ``infer`` gives);
+        the decoded images are released."""
         version = self.version
         good = [o for o in outcomes if o.failure is None]
         images = [o.image for o in good]
-        with self.stage("model"):
-            explanations = self.prelabeler.explain(images)
         with self.stage("regions"):
-            prelabels = self.prelabeler.regions(images, explanations)
+            prelabels = self.prelabeler.regions(images, outputs)
         for outcome in outcomes:
             outcome.image = None
             outcome.answer = {"result": [], "score": 0.0, "model_version": version}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -49,6 +50,8 @@ from labeler.workspace import Workspace
 SAVES_AHEAD = 4
 #: Clocks of the machines sharing the database may differ by up to this much (seconds).
 CLOCK_SKEW_S = 60.0
+#: Nice steps the reading and saving threads run below the model's (Linux).
+BACKGROUND_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -98,19 +101,22 @@ def prelabel_project(
     stop = threading.Event()  # after a failed save nothing more is written, as after a kill
 
     def prepare():
-        """The next claimed batch: (its task ids, stored answers to repost, outcomes read)."""
+        """The next claimed batch: (its task ids, stored answers to repost, outcomes read, the
+        classifier's input for their images)."""
         batch = work.next_batch()
         if not batch:
             return None
         reposts = _stored_but_not_posted(ws, project_id, version, batch, plan.data_key)
         again = {post["task"] for post in reposts}
         outcomes = service.read([{"id": t.id, "data": t.data} for t in batch if t.id not in again])
-        return [t.id for t in batch], reposts, outcomes
+        return [t.id for t in batch], reposts, outcomes, service.inputs(outcomes)
 
-    def save(ids, reposts, outcomes):
+    def save(ids, reposts, described: Future) -> list:
+        """Store and post a batch once its regions are outlined; its outcomes."""
         if stop.is_set():
-            return
+            return []
         try:
+            outcomes = described.result()
             if outcomes:
                 with ws.sessions.begin() as session:  # database first: see the module docstring
                     repository.store_outcomes(
@@ -120,16 +126,27 @@ def prelabel_project(
             posts = reposts + [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]
             poster.post(posts)
             work.finish(ids, {post["task"] for post in posts})
+            return outcomes
         except BaseException:
             stop.set()
             raise
 
+    def settle(saving: Future) -> None:
+        nonlocal predicted, failed
+        outcomes = saving.result()
+        predicted += sum(o.prelabel is not None for o in outcomes)
+        failed += [o.failure[1] for o in outcomes if o.failure]
+
     predicted, reposted, failed = 0, 0, []
     start = time.perf_counter()
-    # The model runs here while one thread claims and reads the next batch and another stores and
-    # posts earlier ones (up to SAVES_AHEAD of them wait; the model waits only beyond that).
+    # Only the model runs here. One thread claims, reads and resizes the next batch; one outlines
+    # the regions of the last (so its images are freed soon); one stores and posts earlier ones
+    # (up to SAVES_AHEAD of them wait; the model waits only beyond that). They run at a lower CPU
+    # priority: on a machine whose cores the model fills they take the gaps.
     try:
-        with Progress() as progress, ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as saver:
+        with Progress() as progress, ThreadPoolExecutor(1, initializer=_in_background) as reader, \
+                ThreadPoolExecutor(1, initializer=_in_background) as describer, \
+                ThreadPoolExecutor(1, initializer=_in_background) as saver:
             bar = progress.add_task("pre-labelling", total=len(pending))
             reading = reader.submit(prepare) if work else None
             saves: deque[Future] = deque()
@@ -138,18 +155,16 @@ def prelabel_project(
                 if prepared is None:
                     break
                 reading = reader.submit(prepare)
-                ids, reposts, outcomes = prepared
-                if outcomes:
-                    service.label(outcomes)
-                saves.append(saver.submit(save, ids, reposts, outcomes))
+                ids, reposts, outcomes, inputs = prepared
+                outputs = service.infer(outcomes, inputs) if outcomes else []
+                described = describer.submit(service.describe, outcomes, outputs)
+                saves.append(saver.submit(save, ids, reposts, described))
                 while saves and (saves[0].done() or len(saves) > SAVES_AHEAD):
-                    saves.popleft().result()
-                predicted += sum(o.prelabel is not None for o in outcomes)
+                    settle(saves.popleft())
                 reposted += len(reposts)
-                failed += [o.failure[1] for o in outcomes if o.failure]
                 progress.advance(bar, len(ids))
             for saving in saves:
-                saving.result()
+                settle(saving)
     except BaseException:
         stop.set()
         if work is not None:
@@ -235,6 +250,19 @@ class _Claims:
                 claims.release_claims(session, self._project(session), self._version, self._worker)
         except Exception:  # noqa: BLE001 - the error that stopped us is the one to report
             pass
+
+
+def _in_background() -> None:
+    """Lower the calling thread's CPU priority by ``BACKGROUND_NICE`` (Linux, where nice is per
+    thread and the threads it starts inherit it): on a machine whose cores the model fills,
+    reading, storing and posting then take the gaps instead of slowing every model step."""
+    if sys.platform != "linux":
+        return
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + BACKGROUND_NICE))
+    except OSError:
+        pass
 
 
 def _ended_here(worker: str) -> bool:

@@ -196,3 +196,36 @@ def test_min_probability_names_the_version_and_is_checked(brightness_model):
     for bad in (-0.1, 1.0, True, "0.5"):
         with pytest.raises(ValueError, match="min_probability must be a probability"):
             PrelabelSettings(min_probability=bad)
+
+
+def test_service_steps_run_apart_give_what_label_gives(brightness_model):
+    """``labeler prelabel`` runs inputs / infer / describe on three threads: their composition is
+    ``label``, and a wrong number of input rows is refused."""
+    import cv2
+
+    from explain.labelstudio.configs import plan_for
+    from explain.service import PrelabelService
+
+    model, spec = brightness_model
+
+    class Fetcher:
+        def fetch(self, uri, task_id):
+            return cv2.imencode(".png", (picture(50, int(uri), [(5, 5, 20, 20)]) * 255).astype(np.uint8))[1].tobytes()
+
+    config = ('<View><Image name="image" value="$image"/><BrushLabels name="mask" toName="image">'
+              '<Label value="bright"/></BrushLabels></View>')
+    service = PrelabelService(Prelabeler(model, spec), "w1", plan_for(config, spec.class_names), Fetcher())
+    tasks = [{"id": n, "data": {"image": w}} for n, w in enumerate(["60", "70", "80"])]
+    whole = service.label(service.read(tasks))
+    read = service.read(tasks)
+    inputs = service.inputs(read)
+    assert inputs.shape == (3, *INPUT, 3)
+    apart = service.describe(read, service.infer(read, inputs))
+    def without_ids(answer):  # region ids are new random ones on every call
+        return {**answer, "result": [{k: v for k, v in r.items() if k != "id"} for r in answer["result"]]}
+
+    assert [without_ids(o.answer) for o in apart] == [without_ids(o.answer) for o in whole]
+    assert all(o.answer["result"] for o in apart)
+    assert all(o.image is None for o in apart)  # the decoded images are released
+    with pytest.raises(ValueError, match="one row per image"):
+        service.infer(service.read(tasks), inputs[:2])

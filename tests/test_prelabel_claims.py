@@ -3,6 +3,7 @@ PostgreSQL test server (tests/postgres.py): each task goes to one worker, also w
 their own sessions claim at once; stale claims are taken over, done ones never."""
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 
 import pytest
@@ -121,3 +122,23 @@ def test_concurrent_take_overs_give_each_stale_task_to_one_worker(Session, proje
         _age(session, 700)
     got = _claim_in_threads(Session, project.id, 6, ids)
     assert sorted(sum(got.values(), [])) == ids[10:]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="nice is per thread only on Linux")
+def test_reading_and_saving_threads_run_at_a_lower_cpu_priority_than_the_model():
+    """The model's thread keeps its priority; a thread started by ``_in_background`` (and the
+    threads it starts in turn) run BACKGROUND_NICE steps lower."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labeler.prelabeling import BACKGROUND_NICE, _in_background
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = nice()
+    with ThreadPoolExecutor(1, initializer=_in_background) as background:
+        inner = background.submit(lambda: (nice(), ThreadPoolExecutor(1).submit(nice).result())).result()
+    assert inner == (min(19, mine + BACKGROUND_NICE),) * 2
+    assert nice() == mine
