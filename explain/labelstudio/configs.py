@@ -15,25 +15,36 @@ NEGATIVE_CLASSES = {"normal", "clear", "healthy", "negative", "no finding", "no_
 
 
 DEFAULT_REGION_LABEL = "Opacity"  # what an annotator outlines; the diagnoses stay the Choices
+SMART_TOOLS = (("KeyPointLabels", "click"), ("RectangleLabels", "box"))  # (tag, control name) of interactive prompts
 REGION_KINDS = {"brush": ("BrushLabels", "mask"), "polygon": ("PolygonLabels", "outline")}  # kind -> (tag, control name)
 
 
-def labeling_config(class_names, region_labels=(DEFAULT_REGION_LABEL,), region_kinds=("brush",)) -> str:
+def labeling_config(class_names, region_labels=(DEFAULT_REGION_LABEL,), region_kinds=("brush",), interactive: bool = False) -> str:
     """A labelling config for a classifier: the classes as Choices, the regions under
     ``region_labels`` (default one lesion label, "Opacity", which every class not in
     ``NEGATIVE_CLASSES`` maps to) as one control per kind of ``region_kinds`` ("brush" and / or
-    "polygon"; default brush only, so that a wrong region costs one deletion, not two)."""
+    "polygon"; default brush only, so that a wrong region costs one deletion, not two). ``interactive``
+    adds the smart tools of interactive pre-annotation, a ``KeyPointLabels`` ("click") and a
+    ``RectangleLabels`` ("box") with the region labels, shown only in auto-annotation mode; it
+    needs the brush kind (the answers are brush masks)."""
     region_labels = list(region_labels or ())
     if not region_labels:
         raise ValueError("no region labels: give at least one")
     kinds = list(dict.fromkeys(region_kinds or ()))
     if not kinds or any(k not in REGION_KINDS for k in kinds):
         raise ValueError(f"region kinds must be some of {', '.join(REGION_KINDS)}, got {', '.join(map(str, kinds)) or 'none'}")
+    if interactive and "brush" not in kinds:
+        raise ValueError("interactive answers are brush masks: the region kinds must include brush")
     choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in class_names)
     labels = "".join(f"<Label value={quoteattr(label)}/>" for label in region_labels)
     controls = "".join(
         f'  <{tag} name="{name}" toName="image">{labels}</{tag}>\n' for tag, name in (REGION_KINDS[k] for k in kinds)
     )
+    if interactive:
+        controls += "".join(
+            f'  <{tag} name="{name}" toName="image" smart="true" smartOnly="true">{labels}</{tag}>\n'
+            for tag, name in SMART_TOOLS
+        )
     return (
         '<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
         f'  <Choices name="diagnosis" toName="image" choice="single" showInline="true">{choices}</Choices>\n'
