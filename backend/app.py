@@ -1,6 +1,7 @@
 """The Label Studio ML backend: a Flask application factory.
 
-Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /metrics. Every answer is
+Routes: GET /health, POST /setup, POST /predict (with ``params.context``: an annotator's clicks,
+see ``backend.interactive``), POST /webhook, GET /metrics. Every answer is
 JSON (Prometheus text for /metrics); errors are ``{"error": "..."}`` with a 4xx status for bad
 input and never carry a traceback.
 """
@@ -26,6 +27,7 @@ from backend.predict import (
     webhook_project_key,
 )
 from backend.predictor import NO_PRIOR, ModelUnavailable, Pipeline, Predictor, check_roi_model, prelabel_settings
+from backend.interactive import ClickAnswers, request_prompt
 from backend.jobs import JobRunner
 from backend.refresh import refresh_predictions
 from backend.training import ProjectTrainer
@@ -67,6 +69,7 @@ class Backend:
         self.sessions = session_factory(open_database(settings.database_url))
         self.predictor = Predictor(settings)
         self.metrics = Metrics()
+        self.clicks = ClickAnswers(self.metrics, settings.max_image_pixels)
         self.trainer = ProjectTrainer(settings, self.predictor, self.sessions, self.project_fetcher, self.pipeline_for)
         self.runner = JobRunner(
             self.trainer, self.sessions, self.metrics, settings.train_stale_after, after_promotion=self.refresh_label_studio
@@ -280,6 +283,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def predict():
         body = _body()
         tasks = validate_tasks(body, settings.max_tasks_per_request)
+        prompt = request_prompt(body)  # an annotator's clicks (Label Studio's interactive pre-annotation)
         project_id = parse_project_id(body.get("project"))
         connection = backend.connection(project_key(body.get("project")))
         pipeline = backend.pipeline_for(project_id, connection.identity)
@@ -288,6 +292,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise BadRequest("label_config is missing and no /setup was received for this project")
         plan = backend.plan(config, pipeline.class_names)
         backend.metrics.set_model_version(pipeline.version)
+        if prompt is not None:
+            answer = backend.clicks.answer(tasks, prompt, config, plan, pipeline, backend.fetcher(connection), connection.identity)
+            return jsonify(results=[answer], model_version=pipeline.version)
         results = predict_tasks(
             tasks, project_id, plan, pipeline, backend.fetcher(connection), backend.sessions, backend.metrics,
             label_studio=connection.identity, max_pixels=settings.max_image_pixels,

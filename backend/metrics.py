@@ -22,11 +22,15 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.stage = Histogram(
-            "labeler_predict_stage_seconds", "Time per /predict stage: read (wall time of reading the batch's images on several threads; fetch and decode add up every thread's time), model (forward + CAM), regions, results (Label Studio JSON), database", ["stage"], registry=self.registry,
+            "labeler_predict_stage_seconds", "Time per /predict stage: read (wall time of reading the batch's images on several threads; fetch and decode add up every thread's time), model (forward + CAM), regions, clicks (interactive masks), results (Label Studio JSON), database", ["stage"], registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.failures = Counter("labeler_failures", "Failures by kind", ["kind"], registry=self.registry)
         self.predictions = Counter("labeler_predictions", "Tasks pre-labelled", registry=self.registry)
+        self.interactive = Counter(
+            "labeler_interactive_answers", "Interactive answers (an annotator's clicks, never stored), by whether the "
+            "image's evidence was cached (hit) or computed (miss)", ["cache"], registry=self.registry,
+        )
         self.model = Gauge(
             "labeler_model_info", "The model version in use (value 1)", ["version"], registry=self.registry,
             multiprocess_mode="max",

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from explain.anatomy import PriorSettings, roi_mask
+from explain.clicks import Evidence
 from explain.confidence import class_confidence, map_confidence
 from explain.gradcam import Explanation, GradCam, Target
 from explain.regions import Region, RegionSettings, Threshold, extract_regions, resize_heatmap
@@ -241,6 +242,29 @@ class Prelabeler:
         if len(rois) != len(images):
             raise ValueError(f"rois must have one entry per image ({len(images)}), got {len(rois)}")
         return [self._prelabel(im, roi, out) for im, roi, out in zip(images, rois, outputs)]
+
+    def click_evidence(self, image: np.ndarray, output: ModelOutput, wanted: Sequence[str] | None = None) -> tuple[str, Evidence]:
+        """What clicks on one image follow (``explain.clicks``): (the name whose map it is, the
+        Evidence at the image's size), from this image's ``explain`` output.
+
+        The map is the source's map (the segmenter's label map for the segmenter sources, else the
+        Grad-CAM map) of the most probable name of ``wanted`` (default: every region name) that
+        has one; when the Grad-CAM target mapped none of them (e.g. the image was predicted
+        "normal"), the most probable wanted class's map is computed (one more classifier call).
+        The roi is the anatomy prior's mask when an ROI model is set, else None."""
+        height, width = image.shape[:2]
+        names = [n for n in (wanted or ()) if n in self.region_names] or list(self.region_names)
+        candidates = [m for m in self._maps(output) if m[0] in names]
+        if candidates:
+            name, _, heatmap = max(candidates, key=lambda m: m[1])
+        elif self.segmenter is None:
+            classes = list(self.spec.class_names)
+            index = max((classes.index(n) for n in names), key=lambda i: output.explanation.probabilities[i])
+            name, heatmap = classes[index], self.cam.compute(model_inputs([image], self.spec), [index])[2][0]
+        else:
+            name, _, heatmap = max(self._maps(output), key=lambda m: m[1])
+        roi = None if output.roi_map is None else roi_mask(output.roi_map, width, height, self.prior)
+        return name, Evidence.of(image, heatmap, roi)
 
     def _maps(self, output: ModelOutput) -> list[tuple[str, float, np.ndarray]]:
         """(name, probability, low-resolution map in [0, 1]) for every name that gets regions."""

@@ -339,6 +339,10 @@ def init(
     region_kind: Annotated[
         Optional[list[str]], typer.Option(help="brush and / or polygon (repeat); default: brush, one region per area.")
     ] = None,
+    interactive: Annotated[
+        bool, typer.Option(help="Click to segment: smart keypoint and rectangle tools in the config, and the backend "
+                           "connected for interactive pre-annotations.")
+    ] = False,
     label_studio_url: LabelStudioUrl = None,
     api_key: ApiKey = None,
     project: ProjectId = None,
@@ -347,7 +351,7 @@ def init(
     from labeler.project import init_project
 
     ws = Workspace(label_studio_url, api_key, project)
-    project_id = init_project(ws, model, title, backend_url, region_label or None, region_kind or None)
+    project_id = init_project(ws, model, title, backend_url, region_label or None, region_kind or None, interactive)
     console.print(f"project {project_id} ready" + (f", backend {backend_url} connected" if backend_url else ""))
     console.print(f"LABEL_STUDIO_PROJECT={project_id}")
 

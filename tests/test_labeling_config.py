@@ -38,3 +38,18 @@ def test_config_with_chosen_labels_and_kinds():
         labeling_config(("covid",), region_kinds=["ellipse"])
     with pytest.raises(ValueError, match="no region labels"):
         labeling_config(("covid",), region_labels=[])
+
+
+def test_interactive_config_adds_smart_tools_that_get_no_pre_labels():
+    from explain.labelstudio.configs import click_targets
+
+    config = labeling_config(("covid", "normal"), region_kinds=["brush", "polygon"], interactive=True)
+    smart = {c.tag: (c.name, list(c.labels), c.attr.get("smart")) for c in LabelInterface(config).controls if c.attr.get("smart")}
+    assert smart == {"KeyPointLabels": ("click", ["Opacity"], "true"), "RectangleLabels": ("box", ["Opacity"], "true")}
+    plan = plan_for(config, ("covid", "normal"))
+    assert {c.rectangle for c in plan.controls} == {None}
+    targets = click_targets(config, plan)
+    assert (targets.brush, targets.polygon, targets.mapping) == ("mask", "outline", {"covid": "Opacity"})
+    assert "smart" not in labeling_config(("covid",))
+    with pytest.raises(ValueError, match="must include brush"):
+        labeling_config(("covid",), region_kinds=["polygon"], interactive=True)

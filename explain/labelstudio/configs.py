@@ -15,25 +15,36 @@ NEGATIVE_CLASSES = {"normal", "clear", "healthy", "negative", "no finding", "no_
 
 
 DEFAULT_REGION_LABEL = "Opacity"  # what an annotator outlines; the diagnoses stay the Choices
+SMART_TOOLS = (("KeyPointLabels", "click"), ("RectangleLabels", "box"))  # (tag, control name) of interactive prompts
 REGION_KINDS = {"brush": ("BrushLabels", "mask"), "polygon": ("PolygonLabels", "outline")}  # kind -> (tag, control name)
 
 
-def labeling_config(class_names, region_labels=(DEFAULT_REGION_LABEL,), region_kinds=("brush",)) -> str:
+def labeling_config(class_names, region_labels=(DEFAULT_REGION_LABEL,), region_kinds=("brush",), interactive: bool = False) -> str:
     """A labelling config for a classifier: the classes as Choices, the regions under
     ``region_labels`` (default one lesion label, "Opacity", which every class not in
     ``NEGATIVE_CLASSES`` maps to) as one control per kind of ``region_kinds`` ("brush" and / or
-    "polygon"; default brush only, so that a wrong region costs one deletion, not two)."""
+    "polygon"; default brush only, so that a wrong region costs one deletion, not two). ``interactive``
+    adds the smart tools of interactive pre-annotation, a ``KeyPointLabels`` ("click") and a
+    ``RectangleLabels`` ("box") with the region labels, shown only in auto-annotation mode; it
+    needs the brush kind (the answers are brush masks)."""
     region_labels = list(region_labels or ())
     if not region_labels:
         raise ValueError("no region labels: give at least one")
     kinds = list(dict.fromkeys(region_kinds or ()))
     if not kinds or any(k not in REGION_KINDS for k in kinds):
         raise ValueError(f"region kinds must be some of {', '.join(REGION_KINDS)}, got {', '.join(map(str, kinds)) or 'none'}")
+    if interactive and "brush" not in kinds:
+        raise ValueError("interactive answers are brush masks: the region kinds must include brush")
     choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in class_names)
     labels = "".join(f"<Label value={quoteattr(label)}/>" for label in region_labels)
     controls = "".join(
         f'  <{tag} name="{name}" toName="image">{labels}</{tag}>\n' for tag, name in (REGION_KINDS[k] for k in kinds)
     )
+    if interactive:
+        controls += "".join(
+            f'  <{tag} name="{name}" toName="image" smart="true" smartOnly="true">{labels}</{tag}>\n'
+            for tag, name in SMART_TOOLS
+        )
     return (
         '<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
         f'  <Choices name="diagnosis" toName="image" choice="single" showInline="true">{choices}</Choices>\n'
@@ -86,11 +97,17 @@ def task_image_uri(data: dict, config: str | None) -> str:
     return uri if isinstance(uri, str) else ""
 
 
+def _smart(control) -> bool:
+    """A smart tool (``smart="true"``): the annotator's prompt for interactive answers, never a pre-label."""
+    return str((getattr(control, "attr", None) or {}).get("smart", "")).lower() == "true"
+
+
 def plan_for(config: str, class_names, label_map: dict[str, str] | None = None) -> LabelingPlan:
     """Parse a Label Studio labelling config (XML) into a ``LabelingPlan`` for these model classes.
 
     A class maps to the label of the same name (any case) or to ``label_map[class]``; a region
     control with a single label (e.g. "Opacity") takes every class not in ``NEGATIVE_CLASSES``.
+    Smart tools (``smart="true"``, the annotator's clicks and boxes) get no pre-labels.
     Raises ValueError naming the problem when the config is not XML, has no Image, or has no
     BrushLabels / PolygonLabels / RectangleLabels / Choices control on it.
     """
@@ -98,7 +115,7 @@ def plan_for(config: str, class_names, label_map: dict[str, str] | None = None) 
     interface, image = _image(config)
     controls = []
     for control in interface.controls:
-        if image.name not in control.to_name:
+        if image.name not in control.to_name or _smart(control):
             continue
         values = list(control.labels or [])
         if control.tag == "Choices":
@@ -123,3 +140,50 @@ def plan_for(config: str, class_names, label_map: dict[str, str] | None = None) 
             f"whose labels match the model's classes {list(class_names)}"
         )
     return LabelingPlan(image=image.name, data_key=image.value.lstrip("$"), controls=tuple(controls))
+
+
+@dataclass(frozen=True)
+class ClickTargets:
+    """Where an interactive answer goes: the first BrushLabels control on the plan's image (its
+    name and labels), the first PolygonLabels control there (None without one; the answer's
+    polygon is left out where its labels lack the answer's label), and ``mapping``:
+    model class -> brush label, as the plan maps them (empty when no class maps)."""
+
+    to_name: str
+    brush: str
+    brush_labels: tuple[str, ...]
+    polygon: str | None
+    polygon_labels: tuple[str, ...]
+    mapping: dict[str, str]
+
+    def wanted(self, clicked: str | None) -> tuple[str, ...] | None:
+        """The model classes whose map a click labelled ``clicked`` follows: those mapped to that
+        brush label, else every mapped class; None (the model's choice) when none is mapped."""
+        chosen = tuple(c for c, label in self.mapping.items() if label == clicked)
+        return chosen or tuple(self.mapping) or None
+
+    def label(self, clicked: str | None, evidence_class: str | None) -> str:
+        """The answer's brush label: ``clicked`` when it names one, else the label of the class
+        whose map was followed, else the first label that is not a negative class's name."""
+        if clicked in self.brush_labels:
+            return clicked
+        if evidence_class in self.mapping:
+            return self.mapping[evidence_class]
+        lesions = [v for v in self.brush_labels if v.lower() not in NEGATIVE_CLASSES]
+        return (lesions or list(self.brush_labels))[0]
+
+
+def click_targets(config: str, plan: LabelingPlan) -> ClickTargets:
+    """The ``ClickTargets`` of a config (``plan`` = ``plan_for(config, ...)``); ValueError when the
+    config has no BrushLabels control with labels on the image (interactive answers are masks)."""
+    interface, image = _image(config)
+    on_image = [c for c in interface.controls if image.name in c.to_name and not _smart(c)]
+    brush = next((c for c in on_image if c.tag == "BrushLabels" and c.labels), None)
+    if brush is None:
+        raise ValueError("label_config has no BrushLabels control with labels on the image: interactive answers are brush masks")
+    polygon = next((c for c in on_image if c.tag == "PolygonLabels" and c.labels), None)
+    mapping = next((dict(c.labels) for c in plan.controls if c.brush == brush.name and c.labels), {})
+    return ClickTargets(
+        image.name, brush.name, tuple(brush.labels), polygon.name if polygon else None,
+        tuple(polygon.labels) if polygon else (), mapping,
+    )

@@ -16,6 +16,7 @@ import numpy as np
 import skimage.draw
 
 from explain.labelstudio.rle import mask_to_rle, rle_to_mask
+from explain.regions import RegionSettings, Threshold, extract_regions
 
 REGION_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 
@@ -245,3 +246,22 @@ def result_labels(results: list[dict] | None) -> set[str]:
         if result.get("type") in REGION_TYPES
         for label in (result.get("value") or {}).get(result["type"], [])
     }
+
+
+def mask_results(
+    mask: np.ndarray, label: str, to_name: str, brush: str, polygon: str | None = None,
+    score: float | None = None, max_vertices: int = 64,
+) -> list[dict]:
+    """One ``brushlabels`` result of a whole (H, W) mask and, with ``polygon`` (a PolygonLabels
+    control name), one ``polygonlabels`` result per 8-connected part; [] for an empty mask."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return []
+    results = [brush_result(mask, label, brush, to_name, score)]
+    if polygon:
+        height, width = mask.shape
+        parts = extract_regions(
+            mask.astype(np.float32), RegionSettings(Threshold("value", 0.5), min_area=0, fill_holes=False, max_vertices=max_vertices)
+        )
+        results += [polygon_result(part.polygon, width, height, label, polygon, to_name, score) for part in parts]
+    return results

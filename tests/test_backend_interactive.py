@@ -1,0 +1,159 @@
+"""/predict with params.context (Label Studio's interactive pre-annotation) through Flask's test
+client, with a tiny real classifier: the answer's mask, the per-image evidence cache, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle
+from sqlalchemy import func, select
+
+from backend.app import create_app
+from backend.interactive import EvidenceCache
+from db.engine import make_engine, session_factory
+from db.schema import Prediction
+from explain.clicks import Evidence
+from explain.gradcam import Target
+from explain.prelabel import Prelabeler, PrelabelSettings
+from models.loading import load_classifier
+from test_backend import CONFIG, documents, make_settings, model_path, task  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def app(tmp_path, model_path, documents):  # noqa: F811
+    return create_app(make_settings(tmp_path, model_path, documents))
+
+
+def click_body(context, *tasks, config=CONFIG):
+    tasks = tasks or (task(11, "img0.png"),)
+    return {"tasks": list(tasks), "project": "7.1700000000", "label_config": config,
+            "params": {"login": None, "password": None, "context": context}}
+
+
+def keypoint(x, y, positive=True):
+    return {"type": "keypointlabels", "from_name": "click", "to_name": "image", "is_positive": positive,
+            "original_width": 80, "original_height": 60, "value": {"x": x, "y": y, "keypointlabels": ["Opacity"]}}
+
+
+def brush_mask(result, width, height):
+    brush = [r for r in result if r["type"] == "brushlabels"]
+    assert len(brush) == 1
+    assert (brush[0]["original_width"], brush[0]["original_height"]) == (width, height)
+    return decode_rle(brush[0]["value"]["rle"]).reshape(height, width, 4)[:, :, 3] > 0
+
+
+def counting(monkeypatch, app):
+    """Counts the classifier's calls (every Grad-CAM map and probability goes through ``compute``)."""
+    cam = app.config["BACKEND"].predictor.get().prelabeler.cam
+    calls, compute = [], cam.compute
+    monkeypatch.setattr(cam, "compute", lambda *a, **k: calls.append(1) or compute(*a, **k))
+    return calls
+
+
+def test_a_click_answers_a_brush_mask_holding_the_clicked_pixel_and_a_polygon(app):
+    client = app.test_client()
+    answer = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25)]}))
+    assert answer.status_code == 200, answer.json
+    [result] = answer.json["results"]
+    assert result["model_version"] == answer.json["model_version"]
+    assert {r["type"] for r in result["result"]} == {"brushlabels", "polygonlabels"}
+    assert {r["from_name"] for r in result["result"]} == {"mask", "outline"}
+    assert all(r["value"][r["type"]] == ["Opacity"] for r in result["result"])
+    mask = brush_mask(result["result"], 80, 60)
+    assert mask[15, 50]  # 25 % of 60 rows, 62.5 % of 80 columns
+    assert 0 < result["score"] <= 1
+
+
+def test_the_next_clicks_on_an_image_reuse_its_evidence_and_store_nothing(app, monkeypatch, documents, tmp_path):  # noqa: F811
+    client = app.test_client()
+    calls = counting(monkeypatch, app)
+    first = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25)]}))
+    assert first.status_code == 200 and len(calls) == 1
+    (documents / "xrays" / "img0.png").unlink()  # the next clicks read no image either
+    clicks = [keypoint(62.5, 25), keypoint(10, 90)]
+    second = client.post("/predict", json=click_body({"result": clicks}))
+    assert second.status_code == 200 and len(calls) == 1
+    mask = brush_mask(second.json["results"][0]["result"], 80, 60)
+    assert mask[15, 50] and mask[54, 8]
+    erased = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25), keypoint(62.5, 25, positive=False)]}))
+    assert erased.json["results"][0]["result"] == [] and len(calls) == 1  # the negative click removes what it touches
+    metrics = client.get("/metrics").text
+    assert 'labeler_interactive_answers_total{cache="miss"} 1.0' in metrics
+    assert 'labeler_interactive_answers_total{cache="hit"} 2.0' in metrics
+    sessions = session_factory(make_engine(app.config["BACKEND"].settings.database_url))
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 0
+
+
+def test_a_context_without_clicks_answers_nothing_and_runs_no_model(app, monkeypatch):
+    client = app.test_client()
+    calls = counting(monkeypatch, app)
+    for context in ({"result": []}, {}):
+        answer = client.post("/predict", json=click_body(context))
+        assert answer.status_code == 200
+        assert answer.json["results"][0]["result"] == []
+    assert calls == []
+
+
+def test_a_null_context_is_an_ordinary_prediction(app):
+    answer = app.test_client().post("/predict", json=click_body(None))
+    assert answer.status_code == 200
+    assert {r["type"] for r in answer.json["results"][0]["result"]} >= {"choices"}  # the one-shot pre-label
+
+
+@pytest.mark.parametrize(
+    "body, named",
+    [
+        (click_body({"result": [keypoint(10, 10)]}, task(11, "img0.png"), task(12, "img1.png")), "exactly one task, got 2"),
+        (click_body({"result": [keypoint("a", 10)]}), "params.context.result[0].value.x must be a number"),
+        (click_body({"result": [keypoint(10, 101)]}), "params.context.result[0].value.y must be a percentage in [0, 100], got 101"),
+        (click_body({"result": "x"}), "params.context.result must be a list"),
+        (click_body([1]), "params.context must be an object"),
+        ({**click_body(None), "params": "x"}, "params must be an object"),
+        (click_body({"result": [keypoint(10, 10)]}, config=CONFIG.replace("BrushLabels", "RectangleLabels")), "no BrushLabels control"),
+    ],
+)
+def test_malformed_interactive_requests_are_refused_naming_the_problem(app, body, named):
+    answer = app.test_client().post("/predict", json=body)
+    assert answer.status_code == 400
+    assert named in answer.json["error"]
+
+
+def test_an_unreadable_image_answers_an_empty_result_and_counts_the_failure(app):
+    client = app.test_client()
+    answer = client.post("/predict", json=click_body({"result": [keypoint(10, 10)]}, task(11, "broken.png")))
+    assert answer.status_code == 200 and answer.json["results"][0]["result"] == []
+    assert 'labeler_failures_total{kind="image_decode"} 1.0' in client.get("/metrics").text
+
+
+def test_click_evidence_follows_the_wanted_class_even_when_the_target_mapped_another(model_path):  # noqa: F811
+    loaded = load_classifier(model_path)
+    prelabeler = Prelabeler(loaded.model, loaded.spec, PrelabelSettings(target=Target("class", "normal")))
+    image = np.random.default_rng(1).random((50, 70, 3)).astype(np.float32)
+    output = prelabeler.explain([image])[0]
+    assert [m.class_index for m in output.explanation.maps] == [1]  # only "normal" was mapped
+    name, evidence = prelabeler.click_evidence(image, output, ["covid", "pneumonia"])
+    probabilities = output.explanation.probabilities
+    assert name == ("covid" if probabilities[0] >= probabilities[2] else "pneumonia")
+    from explain.prelabel import model_inputs
+
+    index = loaded.spec.class_names.index(name)
+    expected = Evidence.of(image, prelabeler.cam.compute(model_inputs([image], loaded.spec), [index])[2][0])
+    assert evidence.shape == (50, 70) and evidence.roi is None
+    assert np.allclose(evidence.heat, expected.heat, atol=1e-5)
+    same, _ = prelabeler.click_evidence(image, output, ["normal"])
+    assert same == "normal"
+
+
+def test_the_evidence_cache_is_bounded_by_images_and_bytes():
+    def evidence(side):
+        return ("x", Evidence.of(np.zeros((side, side)), np.zeros((2, 2))))
+
+    cache = EvidenceCache(images=2, max_bytes=10**9)
+    for key in "abc":
+        cache.put((key,), evidence(4))
+    assert len(cache) == 2 and cache.get(("a",)) is None and cache.get(("c",)) is not None
+    small = EvidenceCache(images=10, max_bytes=3 * 2 * 100 * 100 * 4)  # three 100 x 100 evidences
+    for key in "abcd":
+        small.put((key,), evidence(100))
+        small.get(("a",))  # recently used: kept
+    assert len(small) == 3 and small.get(("a",)) is not None and small.get(("b",)) is None
