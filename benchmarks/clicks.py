@@ -292,7 +292,7 @@ def main(argv=None) -> None:
         trained = cam_quality.classifier(5.0)
         roi = prelabel_quality.lung_roi_model("bench", 5.0, seed=args.seed)
         every = 8 if args.quick else BENCH_EVERY
-        run = {"title": f"(b) lesion bench, strength 5 (cam_quality's val and test splits, every {every}th lesion image)",
+        run = {"title": f"(b) lesion bench, strength 5 (cam_quality's val and test splits, every {'second' if every == 2 else f'{every}th'} lesion image)",
                "note": f"cam_quality's classifier `{trained['command']}`; prelabel_quality's bench lung ROI model."}
         for split, items in prelabel_quality.bench_items(5.0, args.seed).items():
             lesions = [it for it in items if it["label"] == "opacity"][::every]
