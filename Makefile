@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python benchmarks/prelabel_scale.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/scale.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/stats_scale.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/clicks.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out

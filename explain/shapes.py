@@ -76,7 +76,7 @@ class _Work:
         self.mask &= self.inside
         # The lung's statistics: inside the roi, or without one, in a wide ring around the map
         # (the whole image would mix in the mediastinum, bones and the background).
-        reference = self.inside if roi is not None else _dilate(self.mask, REFERENCE * max(self.mask.shape))
+        reference = self.inside if roi is not None else dilate(self.mask, REFERENCE * max(self.mask.shape))
         lung = self.gray[reference] if reference.any() else self.gray.ravel()
         self.median = float(np.median(lung))
         # ~ one standard deviation; floored so that a noise-free image's blurred edges are not "bright"
@@ -105,7 +105,7 @@ class _Work:
         lesion = cv2.morphologyEx((hot & self.bright(BRIGHT_MADS)).view(np.uint8), cv2.MORPH_OPEN, _DISC3) > 0
         if not lesion.any():  # nothing clearly bright: the map's hot core alone
             lesion = hot
-        far = ~_dilate(self.mask, REFERENCE * max(self.mask.shape))
+        far = ~dilate(self.mask, REFERENCE * max(self.mask.shape))
         background = ((self.heat < 0.5 * self.cut) & ~self.bright(BRIGHT_MADS) | far | ~self.inside) & ~lesion
         return lesion, background
 
@@ -124,13 +124,13 @@ class _Work:
 _DISC3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 
 
-def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     """``mask`` grown by a disc of ``radius`` pixels (at least 1)."""
     r = max(1, round(radius))
     return cv2.dilate(mask.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0
 
 
-def _seeded(candidates: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+def seeded(candidates: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The 8-connected components of ``candidates`` that touch ``seeds``."""
     count, labels = cv2.connectedComponents(candidates.view(np.uint8), connectivity=8)
     keep = np.zeros(count, bool)
@@ -151,10 +151,10 @@ def _intensity(mask, heat, gray, roi):
     """Pixels near the map (within ``REACH``) brighter than the lung's median + ``BRIGHT_MADS``
     MADs, in components that touch the map, closed by a 3-pixel disc."""
     w = _Work(mask, heat, gray, roi)
-    near = _dilate(w.mask, REACH * max(w.mask.shape))
+    near = dilate(w.mask, REACH * max(w.mask.shape))
     candidates = near & w.inside & w.bright(BRIGHT_MADS)
     candidates = cv2.morphologyEx(candidates.view(np.uint8), cv2.MORPH_CLOSE, _DISC3) > 0
-    return w.grow(_seeded(candidates & w.inside, w.mask))
+    return w.grow(seeded(candidates & w.inside, w.mask))
 
 
 def _random_walker(mask, heat, gray, roi):
@@ -224,7 +224,7 @@ def _slic(mask, heat, gray, roi):
     brightness = np.bincount(segments.ravel(), weights=w.gray.ravel(), minlength=count) / pixels
     keep = (heat >= 0.5 * w.cut) & (brightness > w.median + BRIGHT_MADS * w.mad)
     keep[0] = False  # label 0: outside the roi
-    return w.grow(_seeded(keep[segments], w.mask))
+    return w.grow(seeded(keep[segments], w.mask))
 
 
 SHAPES: dict[str, ShapeMethod] = {
