@@ -27,9 +27,9 @@ from db import registry
 from db.corrected import chosen_annotations, read_tasks
 from db.schema import Project
 from explain.images import to_uint8
-from explain.labelstudio.configs import plan_for
+from explain.labelstudio.configs import plan_for, region_labels, smart_controls
 from explain.labelstudio.fetch import ImageFetcher
-from explain.labelstudio.results import label_masks, result_labels
+from explain.labelstudio.results import drawn_results, label_masks, result_labels
 from explain.service import PrelabelService
 from models.agreement import dice, edit_fraction
 from models.loading import load_segmenter, model_file_bytes, unpack_segmenter, weights_version
@@ -50,7 +50,8 @@ class Cancelled(Exception):
 @dataclass(frozen=True)
 class Example:
     """One corrected task: its Label Studio id, image URI, patient key, size from the database
-    (None where unknown) and its latest annotation's results."""
+    (None where unknown) and its latest annotation's results, without those of the config's smart
+    controls (`explain.labelstudio.results.drawn_results`: prompts, not lesions)."""
 
     task_id: int
     uri: str
@@ -70,15 +71,16 @@ class Outcome:
 
 
 def corrected_examples(session, project) -> tuple[list[Example], list[str]]:
-    """The project's corrected tasks and the sorted region labels (the config's and any drawn)."""
-    records, config_labels = read_tasks(session, project.ls_project_id, label_studio=project.label_studio)
-    examples, labels = [], set(config_labels)
+    """The project's corrected tasks and the sorted region labels (the config's and any drawn;
+    the config's smart controls count for neither)."""
+    records, config = read_tasks(session, project.ls_project_id, label_studio=project.label_studio)
+    examples, labels, smart = [], region_labels(config), smart_controls(config)
     for record in records:
-        latest = chosen_annotations(record.annotations, "latest")[0]
-        labels |= result_labels(latest.result)
+        results = drawn_results(chosen_annotations(record.annotations, "latest")[0].result, smart)
+        labels |= result_labels(results)
         examples.append(Example(
             record.ls_task_id, record.image_uri, stored_patient(record.patient_key, record.ls_task_id),
-            (record.width, record.height), latest.result,
+            (record.width, record.height), results,
         ))
     return examples, sorted(labels)
 

@@ -4,7 +4,6 @@ the backend's training jobs, so that both train on the same data. `corrected_tas
 only and streams the records a chunk of tasks at a time (memory flat in the project's size)."""
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -13,25 +12,6 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
-
-_REGION_TAGS = {"BrushLabels", "PolygonLabels", "RectangleLabels"}
-
-
-def config_labels(label_config: str | None) -> set[str]:
-    """Label values of the BrushLabels / PolygonLabels / RectangleLabels tags of a labelling config."""
-    if not label_config:
-        return set()
-    try:
-        root = ET.fromstring(label_config)
-    except ET.ParseError:
-        return set()
-    return {
-        label.get("value")
-        for tag in root.iter()
-        if tag.tag in _REGION_TAGS
-        for label in tag.iter("Label")
-        if label.get("value")
-    }
 
 
 @dataclass
@@ -130,9 +110,10 @@ class CorrectedTasks:
 
 def corrected_tasks(
     session, sessions: Sessions, ls_project_id: int, predictions: bool = False, label_studio: str | None = None
-) -> tuple[CorrectedTasks, set[str]]:
+) -> tuple[CorrectedTasks, str | None]:
     """Live tasks with at least one current (last revision not deleted), not cancelled annotation,
-    read in `session` as ids only, and the labels of the project's labelling config; the records
+    read in `session` as ids only, and the project's labelling config as stored (None when none
+    is: it tells the readers which labels exist and which controls are smart); the records
     are then loaded through ``sessions`` (see `CorrectedTasks`). ``label_studio`` names the
     project's Label Studio (see `db.repository.get_project`)."""
     from .repository import get_project, last_revision_ids
@@ -178,16 +159,16 @@ def corrected_tasks(
         sessions, np.array(ls_ids, np.int64), task_rows, np.array(starts, np.int64), np.array(revisions, np.int64),
         prediction_ids, np.array(without, bool),
     )
-    return tasks, config_labels(project.label_config)
+    return tasks, project.label_config
 
 
 def read_tasks(
     session, ls_project_id: int, predictions: bool = False, label_studio: str | None = None
-) -> tuple[list[TaskRecord], set[str]]:
+) -> tuple[list[TaskRecord], str | None]:
     """`corrected_tasks` with every record loaded in `session` (for callers that need them all,
     e.g. a training job)."""
-    tasks, labels = corrected_tasks(session, lambda: nullcontext(session), ls_project_id, predictions, label_studio)
-    return list(tasks), labels
+    tasks, config = corrected_tasks(session, lambda: nullcontext(session), ls_project_id, predictions, label_studio)
+    return list(tasks), config
 
 
 def chosen_annotations(annotations: list[Annotation], mode: str) -> list[Annotation]:

@@ -16,9 +16,10 @@ deleted, not cancelled) it writes the image and one index mask, plus ``labels.js
   overlap), ``task_ids`` (N,), ``splits`` (N,), ``labels`` (L,) (+ ``prediction_masks`` (N, H, W));
   rows in manifest order. Needs one image size: ``--size N``, or images that all have one size.
 
-Where labels overlap, the index mask holds the later label of the sorted list. The labels are
-fixed before any image is read (`export_labels`: the labelling config's plus any other drawn in
-the annotations used), and the export streams: one task's image and masks are in memory at a
+Where labels overlap, the index mask holds the later label of the sorted list. What an annotator
+placed with the config's smart controls (interactive prompts) is no region and is left out. The
+labels are fixed before any image is read (`export_labels`: the labelling config's plus any other
+drawn in the annotations used), and the export streams: one task's image and masks are in memory at a
 time, its files written before the next task is read (npz: its rows go to scratch files in OUT,
 put together into data.npz at the end). `export_project` is the whole command.
 """
@@ -30,7 +31,7 @@ import shutil
 import tempfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,6 +44,7 @@ import numpy as np
 from db.engine import safe_url
 from explain.images import load_image, to_uint8
 from db.corrected import Annotation, CorrectedTasks, TaskRecord, chosen_annotations, corrected_tasks
+from explain.labelstudio.configs import region_labels, smart_controls
 from explain.labelstudio.results import label_masks, result_choices, result_labels
 from models.splits import SPLIT_NAMES, split_of, stored_patient
 
@@ -98,31 +100,35 @@ def parse_split(text: str) -> tuple[float, float, float]:
 # --- masks --------------------------------------------------------------------------------------
 
 
-def export_labels(tasks: Iterable[TaskRecord], known_labels: Iterable[str], settings: ExportSettings) -> list[str]:
-    """The sorted labels of the export (index i + 1 in the masks): the labelling config's, and any
-    other drawn in an annotation the export uses (or, with predictions, in a task's prediction).
+def export_labels(tasks: Iterable[TaskRecord], config: str | None, settings: ExportSettings) -> list[str]:
+    """The sorted labels of the export (index i + 1 in the masks): those of the labelling config
+    ``config`` (the project's, as stored), and any other drawn in an annotation the export uses
+    (or, with predictions, in a task's prediction); the config's smart controls count for neither.
     Known before any image is read, so that each task's files can be written as soon as it is done
     (a first pass over the tasks; one task's results in memory at a time)."""
-    labels = set(known_labels)
+    labels, smart = region_labels(config), smart_controls(config)
     for record in tasks:
         for annotation in chosen_annotations(record.annotations, settings.annotators):
-            labels |= result_labels(annotation.result)
+            labels |= result_labels(annotation.result, smart)
         if settings.predictions:
-            labels |= result_labels(record.prediction)
+            labels |= result_labels(record.prediction, smart)
     if len(labels) > 255:
         raise ValueError(f"{len(labels)} labels do not fit an 8-bit index mask (at most 255)")
     return sorted(labels)
 
 
-def combine(annotations: list[Annotation], mode: str, height: int, width: int, fallback) -> tuple[dict[str, np.ndarray], str, list[Annotation]]:
-    """(masks per label, class choice, annotations used) of a task's annotations.
+def combine(
+    annotations: list[Annotation], mode: str, height: int, width: int, fallback, smart: Collection[str] = ()
+) -> tuple[dict[str, np.ndarray], str, list[Annotation]]:
+    """(masks per label, class choice, annotations used) of a task's annotations; the results of
+    the smart controls ``smart`` are no regions (`explain.labelstudio.results.drawn_results`).
 
     latest: the most recently updated annotation alone. majority: each annotator's latest
     annotation votes; a pixel is on for a label where at least half of them drew it; the choice
     is the most frequent one (a tie goes to the most recent annotation's choice).
     """
     used = chosen_annotations(annotations, mode)
-    all_masks = [label_masks(a.result, height, width, fallback) for a in used]
+    all_masks = [label_masks(a.result, height, width, fallback, smart) for a in used]
     if len(used) == 1:
         masks = all_masks[0]
     else:
@@ -268,16 +274,18 @@ class TaskArrays:
 
 
 def prepare_task(
-    record: TaskRecord, image: np.ndarray, labels: list[str], settings: ExportSettings, patient: str
+    record: TaskRecord, image: np.ndarray, labels: list[str], settings: ExportSettings, patient: str,
+    smart: Collection[str] = (),
 ) -> tuple[ManifestItem, TaskArrays]:
     """The manifest row and the arrays of one task whose image is `image` ((H, W[, C]), any dtype)
-    and whose patient (see `models.splits.stored_patient`) is `patient`."""
+    and whose patient (see `models.splits.stored_patient`) is `patient`; ``smart``: the smart
+    controls' names (`explain.labelstudio.configs.smart_controls`), whose results are no regions."""
     height, width = image.shape[:2]
     fallback = (record.width, record.height)
-    masks, choice, used = combine(record.annotations, settings.annotators, height, width, fallback)
+    masks, choice, used = combine(record.annotations, settings.annotators, height, width, fallback, smart)
     prediction = None
     if settings.predictions and record.prediction is not None:
-        prediction = resize_masks(label_masks(record.prediction, height, width, fallback), settings.size)
+        prediction = resize_masks(label_masks(record.prediction, height, width, fallback, smart), settings.size)
     pixels = to_uint8(resize_image(image, settings.size))
     gray = bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
     pixels = pixels[..., 0] if gray else pixels
@@ -534,10 +542,11 @@ def export_dataset(
     hooks: ExportHooks = ExportHooks(),
     project_id: int | None = None,
     patients: Mapping[int, str] = {},
+    smart: Collection[str] = (),
 ) -> ExportReport:
     """Write the export of `tasks` into `out` (already prepared), one task at a time: a task's
     image and masks are in memory only until its files are written, its manifest row goes to a
-    scratch file. `labels` from `export_labels`.
+    scratch file. `labels` from `export_labels`; ``smart`` the smart controls' names (see `prepare_task`).
 
     `fetch(uri, task_id)` returns image bytes. A task's patient is its stored ``patient_key``,
     else ``patients[task id]`` (keys read from Label Studio), else the task itself. A task whose
@@ -557,7 +566,7 @@ def export_dataset(
                 hooks.advance()
                 continue
             key = record.patient_key or patients.get(record.ls_task_id)
-            item, arrays = prepare_task(record, image, report.labels, settings, stored_patient(key, record.ls_task_id))
+            item, arrays = prepare_task(record, image, report.labels, settings, stored_patient(key, record.ls_task_id), smart)
             del image
             writer.add(item, arrays)
             del arrays
@@ -624,10 +633,10 @@ def export_project(
     from labeler.patients import backfill_patient_keys
 
     project_id = ws.require_project()
-    tasks, known_labels = read_workspace_tasks(ws, settings.predictions)
+    tasks, config = read_workspace_tasks(ws, settings.predictions)
     if not len(tasks):
         raise ValueError(f"project {project_id} has no task with a current annotation in {safe_url(ws.database_url)}")
-    labels = export_labels(tasks, known_labels, settings)
+    labels = export_labels(tasks, config, settings)
     prepare_out(out, overwrite)
     connected = bool(ws.label_studio_url and ws.api_key)
     fetcher = ImageFetcher(ws.label_studio_url, ws.auth if connected else None, document_root=document_root)
@@ -648,7 +657,7 @@ def export_project(
             raise
 
     hooks.start(len(tasks))
-    report = export_dataset(tasks, labels, out, settings, fetch, hooks, project_id, patients)
+    report = export_dataset(tasks, labels, out, settings, fetch, hooks, project_id, patients, smart_controls(config))
     report.connected = connected
     report.backfilled, report.unasked = len(patients), unasked
     return report
@@ -665,8 +674,9 @@ def _reading(ws):
         yield session
 
 
-def read_workspace_tasks(ws, predictions: bool) -> tuple[CorrectedTasks, set[str]]:
-    """`corrected_tasks` of the workspace's project: the ids read in one read transaction, the
-    records later a chunk at a time, each chunk in a short read transaction of its own."""
+def read_workspace_tasks(ws, predictions: bool) -> tuple[CorrectedTasks, str | None]:
+    """`corrected_tasks` of the workspace's project (and its stored labelling config): the ids
+    read in one read transaction, the records later a chunk at a time, each chunk in a short read
+    transaction of its own."""
     with _reading(ws) as session:
         return corrected_tasks(session, lambda: _reading(ws), ws.require_project(), predictions, ws.label_studio)

@@ -526,8 +526,8 @@ def test_each_task_is_written_before_the_next_image_is_read(world, tmp_path):
     only one task's full-resolution masks are ever in memory."""
     ws = Workspace(database_url=world["url"], project_id=PROJECT, writes=False)
     settings = exporting.ExportSettings(predictions=True)
-    tasks, known = exporting.read_workspace_tasks(ws, predictions=True)
-    labels = exporting.export_labels(tasks, known, settings)
+    tasks, config = exporting.read_workspace_tasks(ws, predictions=True)
+    labels = exporting.export_labels(tasks, config, settings)
     assert labels == LABELS  # known before any image is read
     out = tmp_path / "stream"
     exporting.prepare_out(out, overwrite=False)

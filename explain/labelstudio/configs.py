@@ -2,6 +2,7 @@
 which label each model class gets."""
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
@@ -97,9 +98,47 @@ def task_image_uri(data: dict, config: str | None) -> str:
     return uri if isinstance(uri, str) else ""
 
 
+def _is_smart(attributes) -> bool:
+    """A tag's attributes mark a smart tool (``smart="true"``, any case): the annotator's prompt
+    for interactive answers, never a pre-label and never a drawn region."""
+    return any(k.lower() == "smart" and str(v).lower() == "true" for k, v in (attributes or {}).items())
+
+
 def _smart(control) -> bool:
-    """A smart tool (``smart="true"``): the annotator's prompt for interactive answers, never a pre-label."""
-    return str((getattr(control, "attr", None) or {}).get("smart", "")).lower() == "true"
+    return _is_smart(getattr(control, "attr", None))
+
+
+def _tags(config: str | None) -> list:
+    """Every element of a config; [] for no config or one that does not parse (the readers
+    below then know nothing of it)."""
+    if not config:
+        return []
+    try:
+        return list(ET.fromstring(config).iter())
+    except ET.ParseError:
+        return []
+
+
+def smart_controls(config: str | None) -> frozenset[str]:
+    """Names of the config's smart controls (``smart="true"``: the "click" keypoints and "box"
+    rectangles of ``labeling_config(interactive=True)``). Label Studio saves what an annotator
+    placed with them in the annotation, beside what they drew; those are prompts for interactive
+    answers, not lesions, and every reader of regions leaves them out (``results.drawn_results``).
+    Empty for no config or one that does not parse: then nothing is known to be smart and every
+    region counts."""
+    return frozenset(tag.get("name") for tag in _tags(config) if tag.get("name") and _is_smart(tag.attrib))
+
+
+def region_labels(config: str | None) -> set[str]:
+    """Label values of the config's BrushLabels / PolygonLabels / RectangleLabels controls that
+    are not smart (the labels a drawn region can have); empty for no config or one that does not parse."""
+    return {
+        label.get("value")
+        for tag in _tags(config)
+        if tag.tag in REGION_TAGS and not _is_smart(tag.attrib)
+        for label in tag.iter("Label")
+        if label.get("value")
+    }
 
 
 def plan_for(config: str, class_names, label_map: dict[str, str] | None = None) -> LabelingPlan:

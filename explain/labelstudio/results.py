@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import cv2
@@ -168,11 +169,23 @@ def region_mask(result: dict, width: int | None = None, height: int | None = Non
     return mask.astype(bool)
 
 
-def results_to_masks(results: list[dict], width: int | None = None, height: int | None = None) -> dict[str, np.ndarray]:
+def drawn_results(results: list[dict] | None, smart: Collection[str] = ()) -> list[dict]:
+    """A ``result`` list without the results of the controls named in ``smart`` (their
+    ``from_name``; ``configs.smart_controls`` of the project's config). Label Studio saves the
+    keypoints and boxes an annotator placed with smart tools in the annotation, beside the regions
+    they drew; those are prompts for interactive answers, not lesions. The region readers below
+    (``results_to_masks``, ``label_masks``, ``result_labels``) take ``smart`` and go through here."""
+    return [r for r in results or [] if not (isinstance(name := r.get("from_name"), str) and name in smart)]
+
+
+def results_to_masks(
+    results: list[dict], width: int | None = None, height: int | None = None, smart: Collection[str] = ()
+) -> dict[str, np.ndarray]:
     """Union of the region masks per label: {label: (H, W) bool}, from an annotation's or a
-    prediction's ``result`` list (other result types are skipped)."""
+    prediction's ``result`` list (other result types, and the results of the smart controls
+    ``smart``, see `drawn_results`, are skipped)."""
     masks: dict[str, np.ndarray] = {}
-    for result in results or []:
+    for result in drawn_results(results, smart):
         kind = result.get("type")
         if kind not in REGION_TYPES:
             continue
@@ -218,12 +231,14 @@ def _percent(pixels: float, size: int) -> float:
     return round(float(pixels) / size * 100, 4)
 
 
-def label_masks(results: list[dict], height: int, width: int, fallback: tuple[int | None, int | None]) -> dict[str, np.ndarray]:
+def label_masks(
+    results: list[dict], height: int, width: int, fallback: tuple[int | None, int | None], smart: Collection[str] = ()
+) -> dict[str, np.ndarray]:
     """{label: (height, width) bool} of a result list: each region at its own original size
     (``original_width/height``, else `fallback` (the task row's), else the image's), resized
-    (nearest) to the image where that differs."""
+    (nearest) to the image where that differs. The smart controls' results are left out (`drawn_results`)."""
     groups: dict[tuple[int, int], list[dict]] = {}
-    for result in results or []:
+    for result in drawn_results(results, smart):
         if result.get("type") not in REGION_TYPES:
             continue
         w = int(result.get("original_width") or fallback[0] or width)
@@ -238,11 +253,11 @@ def label_masks(results: list[dict], height: int, width: int, fallback: tuple[in
     return masks
 
 
-def result_labels(results: list[dict] | None) -> set[str]:
+def result_labels(results: list[dict] | None, smart: Collection[str] = ()) -> set[str]:
     """The labels of a result list's regions: the keys `label_masks` gives, without drawing them."""
     return {
         label
-        for result in results or []
+        for result in drawn_results(results, smart)
         if result.get("type") in REGION_TYPES
         for label in (result.get("value") or {}).get(result["type"], [])
     }

@@ -9,7 +9,9 @@ Read from our database only (no Label Studio call):
   earlier of that revision's ``ls_created_at`` and ``received_at``), else the task's newest
   prediction (``prediction_source`` = ``before`` / ``latest``; ``none`` when there is none).
   Regions are rasterised per label at the original size (`explain.labelstudio.results.results_to_masks`,
-  the union of every brush / polygon / box of a label) and compared with `models.agreement`:
+  the union of every brush / polygon / box of a label; what an annotator placed with the
+  labelling config's smart controls, the prompts of interactive answers, is no region) and
+  compared with `models.agreement`:
   Dice, IoU, HD95 per label; a task's value is the mean over the labels drawn on either side
   (HD95: over the labels where it is defined); no label on either side = agreement (1, 1, 0).
   The class choice is the first ``choices`` value (the prediction's ``predicted_class`` when its

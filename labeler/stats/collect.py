@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +16,8 @@ import numpy as np
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from explain.labelstudio.results import REGION_TYPES, result_choices, results_to_masks
+from explain.labelstudio.configs import smart_controls
+from explain.labelstudio.results import REGION_TYPES, drawn_results, result_choices, results_to_masks
 from models import agreement
 from models.agreement import edit_fraction_of
 from labeler.stats.reading import annotated_tasks, results_of
@@ -146,10 +147,14 @@ def _size_of(task, *result_lists: Sequence[dict] | None) -> tuple[int, int] | No
     return None
 
 
-def region_masks(results: Sequence[dict] | None, size: tuple[int, int] | None) -> dict[str, np.ndarray]:
+def region_masks(
+    results: Sequence[dict] | None, size: tuple[int, int] | None, smart: Collection[str] = ()
+) -> dict[str, np.ndarray]:
+    """{label: (H, W) bool} of a result list at `size` (width, height); the smart controls'
+    results (``smart``) are no regions."""
     if size is None:
         return {}
-    return {k: v for k, v in results_to_masks(list(results or []), *size).items()}
+    return results_to_masks(list(results or []), *size, smart=smart)
 
 
 def compare_masks(a: dict[str, np.ndarray], b: dict[str, np.ndarray], size: tuple[int, int] | None) -> list[LabelScore]:
@@ -224,6 +229,7 @@ def collect(
     project = repo.get_project(session, ls_project_id, label_studio)
     if project is None:
         raise ValueError(f"project {ls_project_id} is not in the database (no task of it was ever pre-labelled or annotated)")
+    smart = smart_controls(project.label_config)  # what annotators placed with these is no region
     version_id = None
     if model_version is not None:
         version = repo.get_model_version(session, model_version)
@@ -238,9 +244,9 @@ def collect(
         for item in tasks:
             for revision in item.annotations:
                 annotations.append(
-                    _compare_with_prediction(item.task, revision, revision.prediction, revision.source, revision.revisions)
+                    _compare_with_prediction(item.task, revision, revision.prediction, revision.source, revision.revisions, smart)
                 )
-            pairs.extend(_compare_annotators(item.task, item.annotations))
+            pairs.extend(_compare_annotators(item.task, item.annotations, smart))
             choices = [_first_choice(r.result) for r in _latest_per_annotator(item.annotations).values()]
             choices = [c for c in choices if c is not None]
             if len(choices) >= 2:
@@ -251,23 +257,24 @@ def collect(
         raise ValueError(f"project {ls_project_id} has no {window.describe()}")
 
     annotations.sort(key=lambda s: (math.isnan(s.dice), s.dice, s.ls_task_id, s.ls_annotation_id))
-    _attach_results(session, [s for s in annotations if s.prediction_id is not None][:WORST_SHOWN])
+    _attach_results(session, [s for s in annotations if s.prediction_id is not None][:WORST_SHOWN], smart)
     kappas, fleiss = _class_agreement(pairs, rated)
     return Stats(ls_project_id, project.title, model_version, annotations, pairs, kappas, fleiss, window)
 
 
-def _attach_results(session: Session, shown: list[AnnotationStats]) -> None:
-    """Read back the results of the annotations whose thumbnails the report draws."""
+def _attach_results(session: Session, shown: list[AnnotationStats], smart: Collection[str]) -> None:
+    """Read back the results of the annotations whose thumbnails the report draws (without the
+    smart controls' ones)."""
     revisions, predictions = results_of(
         session, [s.revision_id for s in shown if s.revision_id is not None],
         [s.prediction_id for s in shown if s.prediction_id is not None],
     )
     for s in shown:
-        s.final_results = revisions.get(s.revision_id) or []
-        s.pred_results = predictions.get(s.prediction_id) or []
+        s.final_results = drawn_results(revisions.get(s.revision_id), smart)
+        s.pred_results = drawn_results(predictions.get(s.prediction_id), smart)
 
 
-def _compare_with_prediction(task, revision, prediction, source: str, n_revisions: int) -> AnnotationStats:
+def _compare_with_prediction(task, revision, prediction, source: str, n_revisions: int, smart: Collection[str]) -> AnnotationStats:
     final = revision.result or []
     base = dict(
         ls_task_id=task.ls_task_id,
@@ -286,7 +293,7 @@ def _compare_with_prediction(task, revision, prediction, source: str, n_revision
         )
     predicted = prediction.results or []
     size = _size_of(task, final, predicted)
-    pred_masks, final_masks = region_masks(predicted, size), region_masks(final, size)
+    pred_masks, final_masks = region_masks(predicted, size, smart), region_masks(final, size, smart)
     labels = compare_masks(pred_masks, final_masks, size)
     dice, iou, hd95 = _task_scores(labels)
     pred_choice = _first_choice(predicted) or prediction.predicted_class
@@ -328,13 +335,13 @@ def annotator_key(name: str):
     return (0, int(name)) if name.isdigit() else (1, name)
 
 
-def _compare_annotators(task, revisions: list) -> list[PairStats]:
+def _compare_annotators(task, revisions: list, smart: Collection[str]) -> list[PairStats]:
     chosen = _latest_per_annotator(revisions)
     if len(chosen) < 2:
         return []
     names = sorted(chosen, key=annotator_key)
     size = _size_of(task, *(chosen[n].result for n in names))
-    masks = {n: region_masks(chosen[n].result, size) for n in names}
+    masks = {n: region_masks(chosen[n].result, size, smart) for n in names}
     return [
         PairStats(
             task.ls_task_id, a, b, compare_masks(masks[a], masks[b], size),
