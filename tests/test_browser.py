@@ -1,5 +1,6 @@
 """The annotator's view in a real headless Chromium: the demo's Grad-CAM pre-labels show in Label
-Studio's labelling view, and an annotation corrected and submitted there reaches our database.
+Studio's labelling view, and an annotation corrected and submitted there reaches our database;
+with Auto-Annotation on, one click of the smart keypoint tool draws the backend's mask there.
 
 Debian's ``chromium`` and ``chromium-driver`` driven by Selenium; nothing is downloaded (both
 paths are given, SE_OFFLINE=true). Without them the test skips, except under CI=true where it
@@ -15,18 +16,24 @@ import io
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import requests
 from label_studio_sdk import LabelStudio
 from PIL import Image, ImageDraw, ImageFilter
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from db import get_project, make_engine, revisions, session_factory
 from explain.labelstudio.rle import rle_to_mask
+from labeler.importing import import_images
+from labeler.project import init_project
+from labeler.workspace import Workspace
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -73,9 +80,12 @@ def wait(driver, until, message: str):
 
 
 def log_in(driver, url: str, username: str, password: str):
-    """Log in through Label Studio's login form."""
+    """Log in through Label Studio's login form (nothing to do when the browser is logged in)."""
     driver.get(f"{url}/user/login/")
-    wait(driver, lambda d: d.find_elements(By.NAME, "email"), "no login form")[0].send_keys(username)
+    wait(driver, lambda d: d.find_elements(By.NAME, "email") or "/user/login" not in d.current_url, "no login form")
+    if "/user/login" not in driver.current_url:
+        return
+    driver.find_element(By.NAME, "email").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys(password)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait(driver, lambda d: "/user/login" not in d.current_url, "the demo login was refused")
@@ -212,3 +222,74 @@ def test_annotator_sees_pre_labels_corrects_one_and_the_revision_is_stored(brows
     kept = [r["value"]["rle"] for r in result if r["type"] == "brushlabels"]
     assert all(rle in [b["value"]["rle"] for b in brushes] for rle in kept)  # the others exactly as predicted
     assert rows[0].completed_by is not None
+
+
+def interactive_answers(backend_url: str) -> float:
+    """The backend's ``labeler_interactive_answers_total``, all ``cache`` labels together."""
+    text = requests.get(f"{backend_url}/metrics", timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("labeler_interactive_answers_total{"))
+
+
+def blob_centre(mask_path: Path) -> tuple[float, float]:
+    """(x, y) as fractions of the image of the centre of the largest lesion in a 0/255 mask file."""
+    lesion = np.asarray(Image.open(mask_path)) > 0
+    count, labels, stats, centres = cv2.connectedComponentsWithStats(lesion.view(np.uint8))
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    assert labels[round(centres[largest][1]), round(centres[largest][0])] == largest  # a round blob: its centre is on it
+    return (centres[largest][0] + 0.5) / lesion.shape[1], (centres[largest][1] + 0.5) / lesion.shape[0]
+
+
+def test_one_click_of_the_smart_keypoint_draws_the_backends_mask_over_the_lesion(browser, demo_run):
+    demo, studio = demo_run.demo, demo_run.demo.studio
+    ls = LabelStudio(base_url=studio.url, api_key=studio.token)
+    ws = Workspace(studio.url, studio.token, None, demo_run.database_url)
+    project_id = init_project(ws, demo_run.folder / "model.keras", "Click to segment", demo.backend_url, interactive=True)
+    ls.projects.update(id=project_id, show_collab_predictions=False)  # no pre-label on opening: only the click's mask
+    name = sorted((demo_run.folder / "data" / "masks").glob("opacity*.png"))[0].name
+    import_images(Workspace(studio.url, studio.token, project_id, demo_run.database_url),
+                  [demo_run.folder / "data" / "images" / "opacity" / name], studio.document_root)
+    [task] = ls.tasks.list(project=project_id)
+    x, y = blob_centre(demo_run.folder / "data" / "masks" / name)
+    answers = interactive_answers(demo.backend_url)
+
+    log_in(browser, studio.url, studio.username, studio.password)
+    browser.get(f"{studio.url}/projects/{project_id}/data?task={task.id}")
+    toggle = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=bottombar-auto-annotation-toggle]"),
+                  "no Auto-Annotation toggle: the project's smart tools or its interactive backend are not seen")[0]
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".lsf-image"), "the labelling view showed no image")
+    assert not outliner_nodes(browser, "brush") and not coloured(browser).any()  # nothing drawn before the click
+
+    browser.execute_script("arguments[0].click()", toggle)  # Auto-Annotation on: the smart tools appear
+    group = wait(browser, lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, ".lsf-tool_smart")
+                                     if t.get_attribute("aria-label") is None and t.is_displayed()],
+                 "Auto-Annotation showed no smart tool group")[0]
+    ActionChains(browser).move_to_element(group).perform()  # hovering the group shows its tools
+    wait(browser, lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, ".lsf-tool_smart[aria-label=key-point-tool]")
+                             if t.is_displayed()], "no smart keypoint tool in the group")[0].click()
+    # the label bars in the config's order: mask (brush), click (smart keypoint), box (smart rectangle)
+    label = browser.find_elements(By.CSS_SELECTOR, ".lsf-labels")[1].find_element(By.CSS_SELECTOR, ".lsf-label")
+    assert label.get_attribute("textContent").startswith("Opacity")
+    browser.execute_script("arguments[0].click()", label)  # a script click: scrolling would move the image
+    wait(browser, lambda d: "lsf-label_selected" in label.get_attribute("class"), "the keypoint's label was not selected")
+
+    image = browser.find_element(By.CSS_SELECTOR, ".lsf-image").rect
+    ActionChains(browser).move_to_element_with_offset(
+        browser.find_element(By.CSS_SELECTOR, ".lsf-image"), round((x - 0.5) * image["width"]), round((y - 0.5) * image["height"])
+    ).click().perform()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=bottombar-accept-suggestions-button]"),
+         "the click brought no suggestion back from the backend")
+    assert interactive_answers(demo.backend_url) == answers + 1  # Label Studio's UI asked our backend once
+    screenshot(browser, "click-to-segment-suggestion")
+
+    browser.find_element(By.CSS_SELECTOR, "[data-testid=bottombar-accept-suggestions-button]").click()
+    wait(browser, lambda d: len(outliner_nodes(d, "brush")) == 1, "the accepted suggestion is not listed as a brush region")
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Submit current annotation']").click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='bottombar-update-button']"),
+         "after Submit the view never showed the saved annotation (its Update button)")
+    [annotation] = ls.annotations.list(id=task.id)
+    [brush] = [r for r in annotation.result if r["type"] == "brushlabels"]
+    assert brush["from_name"] == "mask" and brush["value"]["brushlabels"] == ["Opacity"]
+    mask = region_mask(brush, brush["original_height"], brush["original_width"])
+    assert mask[int(y * mask.shape[0]), int(x * mask.shape[1])]  # the answer lies under the click, on the lesion
+    wait(browser, lambda d: drawn_in_place(d, [brush]), "the backend's mask is not drawn over the image where it lies")
+    screenshot(browser, "click-to-segment")
