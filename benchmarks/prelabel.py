@@ -24,10 +24,10 @@ What runs, in one process (Label Studio in its own subprocess, from ``labeler/st
 6. a rerun of ``prelabel_project`` on the batch-16 project, which must skip every task.
 
 The time split comes from timers wrapped, in this script only, around the calls
-``prelabel_project`` makes (fetch, decode, ``model_inputs``, ``Prelabeler.explain``,
+``prelabel_project`` makes (fetch, decode, ``model_inputs``, ``Prelabeler.explain`` (given the inputs),
 ``Prelabeler.regions``, ``prelabel_results``, ``import_predictions`` / ``predictions.create``, ``store_predictions``);
-the worker thread's stages (fetch, decode, post, database) overlap the model's, so the shares
-add up to more than the loop. The product code is not changed.
+the other threads' stages (fetch, decode, resize, regions, post, database) overlap the model's,
+so the shares add up to more than the loop. The product code is not changed.
 
     python benchmarks/prelabel.py --out BENCHMARKS.md [--tasks 200] [--quick]
 
@@ -66,9 +66,9 @@ AIM = 0.85  # issue 16: end to end at least 0.85 of the forward-only speed at ba
 STAGES = (
     ("fetch", "fetch (read from the document root)"),
     ("decode", "decode (`load_image`)"),
-    ("preprocess", "resize + scale (`model_inputs`)"),
+    ("preprocess", "resize + scale (`model_inputs`, reading thread)"),
     ("model", "model (compiled Grad-CAM call)"),
-    ("regions", "regions (`Prelabeler.regions`)"),
+    ("regions", "regions (`Prelabeler.regions`, describing thread)"),
     ("results", "Label Studio JSON (`prelabel_results`)"),
     ("post", "POST to Label Studio (`import_predictions`, one per batch below 1,500 project predictions, else `predictions.create`, one per task, 4 in flight: summed over requests)"),
     ("database", "our database (`store_predictions`)"),
@@ -135,7 +135,6 @@ class StageTimers:
     @contextmanager
     def wrapped(self, ws):
         import db.repository
-        import explain.prelabel
         import explain.service as service
         import labeler.pipelines as pipelines
         from explain.labelstudio.fetch import ImageFetcher
@@ -144,8 +143,8 @@ class StageTimers:
         targets = [
             (ImageFetcher, "fetch", "fetch"),
             (service, "load_image", "decode"),
-            (explain.prelabel, "model_inputs", "preprocess"),
-            (Prelabeler, "explain", "explain"),  # includes model_inputs; "model" = explain - preprocess
+            (service, "model_inputs", "preprocess"),  # PrelabelService.inputs, on the reading thread
+            (Prelabeler, "explain", "model"),  # given the inputs: the compiled call (and any other model)
             (Prelabeler, "regions", "regions"),
             (service, "prelabel_results", "results"),
             (type(ws.client.predictions), "create", "post"),
@@ -182,9 +181,7 @@ class StageTimers:
         return timed
 
     def split(self) -> dict[str, float]:
-        out = {stage: self.total(stage) for stage, _ in STAGES if stage != "model"}
-        out["model"] = self.total("explain") - self.total("preprocess")
-        return out
+        return {stage: self.total(stage) for stage, _ in STAGES}
 
 
 # ---------------------------------------------------------------- measurements
@@ -280,7 +277,7 @@ def run_batch(server, model_path: Path, files: list[Path], batch: int, database_
     database_ends = timers.ends.get("database", [])
     first_batch_s = database_ends[0] - loop_start if database_ends else float("nan")
     first_size = min(batch, report.predicted)
-    explain_calls = timers.calls.get("explain", [])
+    explain_calls = timers.calls.get("model", [])
     result = {
         "batch": batch,
         "project": project_id,
@@ -415,7 +412,7 @@ def split_table(runs: list[dict]) -> list[str]:
             s = r["split"][stage]
             cells += [f"{s:.1f}", f"{100 * s / r['loop_s']:.1f} %"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines.append("| **loop total** (stages overlap: a worker reads the next batch and posts the last) | " + " | ".join(f"{r['loop_s']:.1f} | 100 %" for r in runs) + " |")
+    lines.append("| **loop total** (stages overlap the model) | " + " | ".join(f"{r['loop_s']:.1f} | 100 %" for r in runs) + " |")
     cells = []
     for r in runs:
         cells += [f"{r['setup_s']:.1f}", "—"]
@@ -471,8 +468,9 @@ def report(results: dict, quick: bool, tasks: int) -> str:
         *main_table(runs),
         "",
         "Where the loop's time goes (timers wrapped around the calls `prelabel_project` makes, in the benchmark "
-        "script only; seconds for all tasks; reading and posting run in a worker thread beside the model, so "
-        "the shares add up to more than 100 %):",
+        "script only; seconds for all tasks; only the model runs on the main thread: reading and resizing, "
+        "regions, storing and posting run on three threads beside it at a lower CPU priority, so the shares add "
+        "up to more than 100 %):",
         "",
         *split_table(runs),
         "",
