@@ -6,10 +6,11 @@ bench at strength 5 (cam_quality's val split and test split, every ``BENCH_EVERY
 image), cam_quality's cached classifier and prelabel_quality's bench lung ROI model. Only images
 with a lesion are clicked on (a clear image needs no click).
 
-Evidence per image, as the backend would hold it: the product's default map (layercam,
-``CAM_TARGET=predicted``: the predicted class's map) resized to the image, and the lung ROI model's
-region of interest (``explain.anatomy.roi_mask`` with ``PriorSettings()``). No segmenter map: see
-``report``.
+Evidence per image, as the backend builds it for a click: ``Prelabeler.click_evidence`` with the
+classes ``click_targets`` wants for the interactive config ``labeler init`` writes (the lesion
+classes): the most probable lesion class's layercam map (computed when the prediction was a negative
+class) resized to the image, and the lung ROI model's region of interest (``explain.anatomy.roi_mask``
+with ``PriorSettings()``). No segmenter map: see ``report``.
 
 The annotator: each click at the centre (the pixel farthest from its border, cv2.distanceTransform)
 of the largest connected error region of the current answer (the first: of the truth), positive in a
@@ -107,10 +108,19 @@ def noc(scores: list[float], goal: float) -> int:
 # ---------------------------------------------------------------- evidence
 
 
+def wanted_classes(class_names) -> tuple[str, ...] | None:
+    """The classes whose map a click follows in the backend: ``click_targets`` of the interactive
+    config ``labeler init`` writes (one lesion brush label) for an unlabelled click."""
+    from explain.labelstudio.configs import click_targets, labeling_config, plan_for
+
+    config = labeling_config(class_names, interactive=True)
+    return click_targets(config, plan_for(config, class_names)).wanted(None)
+
+
 def evidence_of(model_path: Path, roi_path: Path, items: list[dict]) -> list[dict]:
-    """Per lesion item: {"evidence", "truth", "prelabel" (the default one-shot mask)}."""
-    from explain.anatomy import PriorSettings, roi_mask
-    from explain.clicks import Evidence
+    """Per lesion item: {"evidence", "truth", "prelabel" (the default one-shot mask), "image",
+    "heat" (the low-resolution map the evidence follows), "roi_map"}."""
+    from explain.anatomy import PriorSettings
     from explain.prelabel import Prelabeler, prelabel_settings
     from models.loading import load_classifier, load_segmenter
     from models.segmentation import Segmenter
@@ -123,12 +133,12 @@ def evidence_of(model_path: Path, roi_path: Path, items: list[dict]) -> list[dic
     outputs = prelabeler.explain(images)
     prelabels = prelabeler.regions(images, outputs)
     masks = cam_quality.masks_of(prelabels)
+    wanted = wanted_classes(loaded.spec.class_names)
     out = []
-    for image, output, prelabel, mask, it in zip(images, outputs, prelabels, masks, items):
-        h, w = image.shape[:2]
-        heat = prelabel.classes[0].heatmap  # CAM_TARGET=predicted: the predicted class's map
-        roi = roi_mask(output.roi_map, w, h, PriorSettings())
-        out.append({"evidence": Evidence.of(image, heat, roi), "truth": it["truth"], "prelabel": mask, "image": image,
+    for image, output, mask, it in zip(images, outputs, masks, items):
+        _, evidence = prelabeler.click_evidence(np.asarray(image, np.float32), output, wanted)
+        heat = cv2.resize(evidence.heat, (output.roi_map.shape[1], output.roi_map.shape[0]), interpolation=cv2.INTER_AREA)
+        out.append({"evidence": evidence, "truth": it["truth"], "prelabel": mask, "image": image,
                     "heat": heat, "roi_map": output.roi_map})
     return out
 
@@ -209,8 +219,10 @@ def report(runs: dict, timings: dict, args, seconds: float, chosen: str) -> str:
         f"{datetime.date.today().isoformat()}; {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']:.0f} GiB, CPU only, "
         f"load average {load_average()} at the end. Command: `{command}`, {seconds / 60:.1f} min in all.",
         "",
-        "Evidence per image, as the backend holds it: the default map (`layercam`, `CAM_TARGET=predicted`: the predicted "
-        "class's map, whatever the class) resized to the image, and the lung ROI model's region of interest "
+        "Evidence per image, as the backend builds it for a click (`Prelabeler.click_evidence` with the classes "
+        "`click_targets` wants for `labeler init`'s interactive config: the lesion classes): the most probable lesion "
+        "class's `layercam` map (computed when a negative class was predicted) resized to the image, and the lung ROI "
+        "model's region of interest "
         "(`explain.anatomy.roi_mask`, `PriorSettings()`; prelabel_quality's cached lung models, trained on the train "
         "patients' lung masks). No segmenter map: the cached U-Nets of `.cache/segmenter-loop` were trained on "
         "segmenter_loop's own splits, whose training patients are not kept apart from these val / test patients, so "
