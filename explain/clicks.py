@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from explain.shapes import MIN_MAD, dilate
+from explain.shapes import MIN_MAD, dilate, seeded
 
 
 @dataclass(frozen=True)
@@ -331,19 +331,11 @@ def _region_growing(small: _Small, seeds: _Seeds) -> np.ndarray:
             part = labels == label
             mean = float(feature[part].mean())
             candidates = (np.abs(feature - mean) <= TOLERANCE) & ~barrier | part
-            out |= _component_touching(candidates, part)
+            out |= seeded(candidates, part)
         return out
 
     grown = grow(seeds.lesion)
     return grown
-
-
-def _component_touching(candidates: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    count, labels = cv2.connectedComponents(candidates.view(np.uint8), connectivity=8)
-    keep = np.zeros(count, bool)
-    keep[np.unique(labels[seeds & candidates])] = True
-    keep[0] = False
-    return keep[labels]
 
 
 @_method("random_walker")

@@ -6,7 +6,10 @@ recomputed: measured 0.67 s per 16 at 1,000 tasks, 11.9 s at 16,000); ``POST /ap
 costs the same per task at any size (about 0.55 s per 16, 4 in flight). So while the project
 holds fewer than `BULK_BELOW` predictions each batch goes in one bulk request, above it one post
 per task. A bulk request of at most `BULK_MAX` predictions is one INSERT (Django's
-``bulk_create``): it lands whole or not at all, as a single post does.
+``bulk_create``): it lands whole or not at all, as a single post does. Since a bulk request costs
+Label Studio the same whatever it carries, its caller gathers `BULK_AT_LEAST` predictions (several
+batches) before one (`ready`): on a machine Label Studio shares with the model that is CPU the model
+keeps.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ POSTS_IN_FLIGHT = 4
 BULK_BELOW = 1500
 #: Label Studio stores at most this many predictions of one import per INSERT (PREDICTION_IMPORT_BATCH_SIZE).
 BULK_MAX = 500
+#: While posting in bulk, predictions gathered before one request (Label Studio's cost is per request).
+BULK_AT_LEAST = 64
 #: How often (seconds) the project's prediction count is asked again while posting in bulk
 #: (other workers post, too).
 RECOUNT_S = 60.0
@@ -49,6 +54,11 @@ class PredictionPoster:
             for future in futures:
                 future.result()
         self._count += len(posts)
+
+    def ready(self, gathered: int) -> bool:
+        """Whether ``gathered`` predictions waiting to be posted should go now: at once when each is
+        posted on its own, else once there are ``BULK_AT_LEAST``."""
+        return gathered >= BULK_AT_LEAST or not self._bulk()
 
     def _bulk(self) -> bool:
         if self._count >= BULK_BELOW:

@@ -2,8 +2,8 @@
 "retrieve predictions" action: the pipeline runs here and predictions are posted through the SDK.
 
 Resumable and database first: each batch is stored in our database, then posted to Label Studio
-(`labeler.posting`: one bulk request per batch while the project is small, one post per task
-above that, each landing whole or not at all). The pending tasks are those without a prediction
+(`labeler.posting`: while the project is small, one bulk request per `BULK_AT_LEAST` predictions,
+gathered over several batches; above that one post per task; each landing whole or not at all). The pending tasks are those without a prediction
 of the current model version in Label Studio (`labeler.pending`: a Data Manager filter, so a
 rerun with nothing to do lists no prediction and no task). Those whose prediction reached our
 database but not Label Studio (a crash between the two writes, or in the middle of a batch's
@@ -111,11 +111,29 @@ def prelabel_project(
         outcomes = service.read([{"id": t.id, "data": t.data} for t in batch if t.id not in again])
         return [t.id for t in batch], reposts, outcomes, service.inputs(outcomes)
 
-    def save(ids, reposts, described: Future) -> list:
-        """Store and post a batch once its regions are outlined; its outcomes."""
+    gathered: list[tuple[list[int], list[dict]]] = []  # stored batches waiting for one bulk request
+
+    def post_gathered(now: bool = False) -> None:
+        """Post the gathered batches' predictions when the poster says so (or ``now``), then
+        finish their claims."""
+        count = sum(len(posts) for _, posts in gathered)
+        if not gathered or not (now or poster.ready(count)):
+            return
+        poster.post([post for _, posts in gathered for post in posts])
+        for ids, posts in gathered:
+            work.finish(ids, {post["task"] for post in posts})
+        gathered.clear()
+
+    def save(ids, reposts, described: Future | None) -> list:
+        """Store a batch once its regions are outlined and post it (with the batches gathered
+        before it, see `PredictionPoster.ready`); its outcomes. ``described`` None: post what is
+        gathered."""
         if stop.is_set():
             return []
         try:
+            if described is None:
+                post_gathered(now=True)
+                return []
             outcomes = described.result()
             if outcomes:
                 with ws.sessions.begin() as session:  # database first: see the module docstring
@@ -123,9 +141,8 @@ def prelabel_project(
                         session, project_id, version, loaded.version, service.recorded_settings, outcomes,
                         label_studio=ws.label_studio,
                     )
-            posts = reposts + [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]
-            poster.post(posts)
-            work.finish(ids, {post["task"] for post in posts})
+            gathered.append((ids, reposts + [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]))
+            post_gathered()
             return outcomes
         except BaseException:
             stop.set()
@@ -141,7 +158,7 @@ def prelabel_project(
     start = time.perf_counter()
     # Only the model runs here. One thread claims, reads and resizes the next batch; one outlines
     # the regions of the last (so its images are freed soon); one stores and posts earlier ones
-    # (up to SAVES_AHEAD of them wait; the model waits only beyond that). They run at a lower CPU
+    # (up to SAVES_AHEAD of them wait; the model waits only beyond that; posts may be gathered). They run at a lower CPU
     # priority: on a machine whose cores the model fills they take the gaps.
     try:
         with Progress() as progress, ThreadPoolExecutor(1, initializer=_in_background) as reader, \
@@ -163,6 +180,7 @@ def prelabel_project(
                     settle(saves.popleft())
                 reposted += len(reposts)
                 progress.advance(bar, len(ids))
+            saves.append(saver.submit(save, [], [], None))  # the last gathered batches
             for saving in saves:
                 settle(saving)
     except BaseException:

@@ -121,6 +121,7 @@ def test_a_crash_between_the_two_writes_is_repaired_by_a_rerun(label_studio, ls,
         monkeypatch.setattr(repository, "store_predictions", crash_from("database", repository.store_predictions, 2))
     elif second_write_fails == "label studio bulk":
         first_failing = 4  # the first batch's 3 predictions land in one request, the second's request fails
+        monkeypatch.setattr(posting, "BULK_AT_LEAST", 3)  # a request per batch
         projects = ws.client.projects
         monkeypatch.setattr(projects, "import_predictions", crash_from("studio", projects.import_predictions, 2))
     else:

@@ -71,9 +71,9 @@ def counting(monkeypatch, owner, name, calls: Counter):
 
 @pytest.mark.parametrize("held", [0, 6])
 def test_posts_go_in_bulk_until_the_project_holds_the_threshold(label_studio, ls, material, tmp_path, monkeypatch, held):
-    """BULK_BELOW 5, batches of 3: an empty project gets its first two batches in one request
-    each (0 and 3 predictions held before them), then one post per task; a project already
-    holding 6 predictions of another version gets one post per task from the start."""
+    """BULK_BELOW 5, BULK_AT_LEAST 6, batches of 3: an empty project gets its first two batches
+    gathered into one request (0 predictions held before it), then one post per task; a project
+    already holding 6 predictions of another version gets one post per task from the start."""
     env = new_project(label_studio, f"sqlite:///{tmp_path / 'labeler.db'}", f"hybrid-{held}", material, material["few"])
     project = int(env["LABEL_STUDIO_PROJECT"])
     for task in list(ls.tasks.list(project=project, fields="task_only"))[:held]:
@@ -83,11 +83,12 @@ def test_posts_go_in_bulk_until_the_project_holds_the_threshold(label_studio, ls
     counting(monkeypatch, ws.client.projects, "import_predictions", calls)
     counting(monkeypatch, ws.client.predictions, "create", calls)
     monkeypatch.setattr(posting, "BULK_BELOW", 5)
+    monkeypatch.setattr(posting, "BULK_AT_LEAST", 6)
     settings = prelabel_settings("layercam", None, "predicted", "fraction:0.2", 0.001, 64)
     report = prelabel_project(ws, material["model"], settings, batch_size=3, document_root=label_studio.document_root)
     assert report.predicted == 12 and not report.failed
     if held == 0:
-        assert (calls["import_predictions requests"], calls["import_predictions"], calls["create"]) == (2, 6, 6)
+        assert (calls["import_predictions requests"], calls["import_predictions"], calls["create"]) == (1, 6, 6)
     else:
         assert (calls["import_predictions requests"], calls["create"]) == (0, 12)
     mine = Counter(p.task for p in ls.predictions.list(project=project) if p.model_version == report.version)
