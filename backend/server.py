@@ -92,12 +92,21 @@ def main():
 def _train_forever(settings) -> None:
     """The training job runner alone, until Ctrl-C / SIGTERM."""
     import signal
+    import threading
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped while starting: nothing to finish yet
+    stopping = threading.Event()
+
+    def stop_while_starting(*_):
+        stopping.set()
+        sys.exit(0)  # nothing to finish yet; where Python swallows the exit (a weakref callback), the flag stops us
+
+    signal.signal(signal.SIGTERM, stop_while_starting)
     from backend.app import Backend
 
     backend = Backend(settings)
     signal.signal(signal.SIGTERM, lambda *_: backend.runner.stop())
+    if stopping.is_set():
+        return
     logging.getLogger(__name__).info("training worker %s waiting for jobs", backend.runner.worker)
     try:
         backend.runner.loop()

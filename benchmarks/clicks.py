@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 import time
@@ -168,9 +169,17 @@ def latency(cases: list[dict], methods) -> dict:
     """ms at LATENCY_SIZE x LATENCY_SIZE (images, truths and ROI maps upsampled): "first" = the
     Evidence built from the low-resolution map and the ROI model's map (Evidence.of, roi_mask) plus
     the first click's answer; "clicks" = every later answer (p50 / p95) on that cached Evidence,
-    clicks placed by the simulated annotator. The models' forward passes are not included."""
+    clicks placed by the simulated annotator. Each answer includes what the backend then sends
+    (``mask_results``: the brush RLE and the polygons, as JSON). The models' forward passes (once
+    per image, cached by the backend) and the HTTP round trip are not included."""
     from explain.anatomy import PriorSettings, roi_mask
     from explain.clicks import Evidence, segment
+    from explain.labelstudio.results import mask_results
+
+    def answer(evidence, clicks, method):
+        mask = segment(evidence, clicks, method=method)
+        json.dumps(mask_results(mask, "Opacity", "image", "mask", "outline", 1.0))
+        return mask
 
     size = LATENCY_SIZE
     out = {}
@@ -182,7 +191,7 @@ def latency(cases: list[dict], methods) -> dict:
             started = time.perf_counter()
             evidence = Evidence.of(image, c["heat"], roi_mask(c["roi_map"], size, size, PriorSettings()))
             clicks = [next_click(np.zeros_like(truth), truth)]
-            pred = segment(evidence, clicks, method=method)
+            pred = answer(evidence, clicks, method)
             first.append(time.perf_counter() - started)
             for _ in range(LATENCY_CLICKS - 1):
                 click = next_click(pred, truth)
@@ -190,7 +199,7 @@ def latency(cases: list[dict], methods) -> dict:
                     break
                 clicks.append(click)
                 started = time.perf_counter()
-                pred = segment(evidence, clicks, method=method)
+                pred = answer(evidence, clicks, method)
                 later.append(time.perf_counter() - started)
         out[method] = {"first_p50": 1000 * float(np.median(first)), "first_max": 1000 * float(np.max(first)),
                        "p50": 1000 * float(np.percentile(later, 50)), "p95": 1000 * float(np.percentile(later, 95)),
@@ -260,9 +269,10 @@ def report(runs: dict, timings: dict, args, seconds: float, chosen: str) -> str:
               f"{LATENCY_IMAGES if not args.quick else 2} real val radiographs upsampled to {LATENCY_SIZE} x {LATENCY_SIZE}, "
               f"up to {LATENCY_CLICKS} simulated clicks each. *First answer*: `Evidence.of` (the low-resolution map "
               "resized, the ROI model's map cut by `roi_mask`) plus the first click's answer (builds the working-size "
-              "cache). *Per click*: each later answer on the cached Evidence (all clicks so far). Not included: the "
-              "classifier's and the ROI model's forward passes (once per image, the backend caches them) and the "
-              "HTTP / Label Studio encoding.", "",
+              "cache). *Per click*: each later answer on the cached Evidence (all clicks so far). Every answer "
+              "includes what the backend sends for it (`mask_results`: the brush RLE and the polygons, as JSON). "
+              "Not included: the classifier's and the ROI model's forward passes (once per image, the backend "
+              "caches them) and the HTTP round trip through Label Studio.", "",
               "| method | first answer p50 ms | first answer max ms | per click p50 ms | per click p95 ms | clicks timed |",
               "|---|---:|---:|---:|---:|---:|"]
     for method, t in timings.items():

@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from db.engine import make_engine, session_factory
-from db.schema import AnnotationRevision
+from db.schema import AnnotationRevision, Prediction, Project, Task
 from explain.labelstudio.results import brush_result, choices_result
 from labeler.cli import app
 from labeler.demo import BackendProcess
@@ -210,17 +210,29 @@ def test_an_interrupted_prelabel_resumes_and_predicts_every_task_once(setup, ls,
     project = int(output.split("LABEL_STUDIO_PROJECT=")[1].split()[0])
     env["LABEL_STUDIO_PROJECT"] = str(project)
     images = setup["folder"] / "many"
-    write_dataset(images, per_class=12, size=96, seed=9)
+    write_dataset(images, per_class=24, size=96, seed=9)
     labeler(env, "import", images / "images")
     tasks = [t.id for t in ls.tasks.list(project=project)]
-    assert len(tasks) == 24
+    assert len(tasks) == 48
+    sessions = session_factory(make_engine(env["DATABASE_URL"]))
+
+    def stored() -> int:  # predictions of this project in our database (written before Label Studio's)
+        with sessions() as session:
+            return session.scalar(
+                select(func.count()).select_from(Prediction).join(Task).join(Project)
+                .where(Project.ls_project_id == project)
+            )
+
     command = [str(Path(sys.executable).parent / "labeler"), "prelabel", "--model", str(setup["model"]), "--batch-size", "2"]
     process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait(lambda: len(ls.predictions.list(project=project)) >= 2, 120)
+    _wait(lambda: stored() >= 2, 120)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    partial = len(ls.predictions.list(project=project))
-    assert 0 < partial < 24
-    labeler(env, "prelabel", "--model", setup["model"], "--batch-size", 4)
+    partial, posted = stored(), len(ls.predictions.list(project=project))
+    assert 0 < partial < 48 and posted <= partial  # bulk posts gather several batches: some stored, not yet posted
+    output = labeler(env, "prelabel", "--model", setup["model"], "--batch-size", 4)
     per_task = {t: len(ls.predictions.list(task=t)) for t in tasks}
     assert set(per_task.values()) == {1}
+    assert stored() == 48  # the stored ones were posted from the database, not predicted again
+    if partial > posted:
+        assert f"re-posted {partial - posted} stored prediction" in output
