@@ -127,3 +127,33 @@ def test_scaled_walker_seeds_grow_with_the_room_the_clicks_leave():
     assert not row[int(0.55 * N):int(0.7 * N)].any()  # the negative click's side
     small = segment(ev, [Click(0.35 * N, 0.5 * N), Click(0.65 * N, 0.5 * N, False)], method="random_walker")
     assert small.sum() < two.sum()  # fixed 1.2 % seeds claim less
+
+
+def flat_lung():
+    """A flat lung (no edge to follow) in a bright body and no map: the clicks alone shape the answer."""
+    yy, xx = np.mgrid[:N, :N] / N
+    lung = ((xx - 0.5) / 0.4) ** 2 + ((yy - 0.5) / 0.45) ** 2 <= 1
+    gray = np.where(lung, 0.25, 0.7).astype(np.float32)
+    gray = np.clip(gray + np.random.default_rng(1).normal(0, 0.02, gray.shape), 0, 1).astype(np.float32)
+    return Evidence.of(gray, np.zeros((8, 8), np.float32), lung)
+
+
+def test_chained_walker_answers_a_first_click_as_scaled_walker(scene):
+    ev = evidence(scene)
+    for click in (Click(0.42 * N, 0.4 * N), Click(0.55 * N, 0.75 * N)):
+        assert (segment(ev, [click], method="chained_walker") == segment(ev, [click], method="scaled_walker")).all()
+
+
+def test_chained_walker_a_click_just_past_its_answer_grows_it_a_little():
+    """A positive click a few pixels past the previous answer's border (the middle of a thin missed
+    sliver) gets a seed as thin as that gap, where scaled_walker's reaches halfway to the negative click."""
+    ev = flat_lung()
+    before = [Click(0.3 * N, 0.5 * N), Click(0.75 * N, 0.5 * N, False)]
+    first = segment(ev, before, method="chained_walker")
+    edge = int(np.flatnonzero(first[N // 2]).max())
+    clicks = before + [Click(edge + 6.5, N // 2)]
+    chained = segment(ev, clicks, method="chained_walker")
+    scaled = segment(ev, clicks, method="scaled_walker")
+    assert chained[N // 2, edge + 6] and chained[first].all()
+    assert (chained & ~first).sum() < 0.6 * (scaled & ~first).sum()
+    assert np.flatnonzero(chained[N // 2]).max() < np.flatnonzero(scaled[N // 2]).max() - 5
