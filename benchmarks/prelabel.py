@@ -125,6 +125,7 @@ class StageTimers:
     """Seconds spent in each wrapped call, per stage, with the end time of every call."""
 
     def __init__(self):
+        self.cpu: dict[str, float] = defaultdict(float)  # CPU seconds of the calling thread, per stage
         self.calls: dict[str, list[float]] = defaultdict(list)
         self.ends: dict[str, list[float]] = defaultdict(list)
         self.payloads: list[int] = []
@@ -170,13 +171,14 @@ class StageTimers:
         def timed(*args, **kwargs):
             if stage == "post":
                 self.payloads.append(len(json.dumps(kwargs.get("result", []))))
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return function(*args, **kwargs)
             finally:
                 end = time.perf_counter()
                 calls.append(end - start)
                 ends.append(end)
+                self.cpu[stage] += time.thread_time() - cpu
 
         return timed
 
@@ -194,6 +196,19 @@ def forward_seconds(forward, x, batch: int) -> float:
     for i in range(0, len(x), batch):
         forward(tf.constant(x[i : i + batch])).numpy()
     return time.perf_counter() - start
+
+
+def group_cpu_seconds(group: int) -> float:
+    """User + system CPU seconds of the live processes of process group ``group`` (Linux /proc)."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # fields after the name: state, ppid, pgrp, ...; utime, stime at 11, 12
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def compiled_forward(model, shape):
@@ -264,10 +279,12 @@ def run_batch(server, model_path: Path, files: list[Path], batch: int, database_
 
     forward_before = forward_seconds(forward, x, batch)
     timers = StageTimers()
+    studio_cpu, own_cpu = group_cpu_seconds(server._proc.pid), time.process_time()
     with timers.wrapped(ws):
         called = time.perf_counter()
         report = prelabel_project(ws, model_path, PrelabelSettings(), batch, server.document_root)
         returned = time.perf_counter()
+    studio_cpu, own_cpu = group_cpu_seconds(server._proc.pid) - studio_cpu, time.process_time() - own_cpu
     forward_after = forward_seconds(forward, x, batch)
     print(f"  batch {batch}: pre-labelled {report.predicted} in {report.seconds:.1f} s "
           f"({report.images_per_second:.2f} img/s); forward {len(x) / forward_before:.2f} / "
@@ -299,6 +316,7 @@ def run_batch(server, model_path: Path, files: list[Path], batch: int, database_
         "post_median_ms": 1000 * median(timers.calls["post"]) if timers.calls.get("post") else float("nan"),
         "post_payload_kib": mean(timers.payloads) / 1024 if timers.payloads else 0.0,
         "split": timers.split(),
+        "cpu": {"process": own_cpu, "label_studio": studio_cpu, **timers.cpu},
         "version": report.version,
     }
     if rerun:
@@ -486,6 +504,16 @@ def report(results: dict, quick: bool, tasks: int) -> str:
             + "). "
             f"Import of the {r['tasks']} images: {r['import_s']:.1f} s. Model loading: {r['load_s']:.1f} s."
         )
+    lines += ["", "CPU seconds during the whole call (`prelabel_project`, setup included), of the 2 x wall seconds the "
+              "machine had: this process (TensorFlow's threads included), Label Studio's server (its process group), "
+              "and, measured per calling thread, the stages beside the model:", "",
+              "| batch | wall s | core-s available | this process | Label Studio | decode | fetch | resize | regions "
+              "| JSON | database | posting (client side) |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        c = r["cpu"]
+        stages = " | ".join(f"{c.get(k, 0.0):.1f}" for k in ("decode", "fetch", "preprocess", "regions", "results", "database", "post"))
+        lines.append(f"| {r['batch']} | {r['wall_s']:.1f} | {2 * r['wall_s']:.1f} | {c['process']:.1f} | {c['label_studio']:.1f} | {stages} |")
     rerun, fetch = first.get("rerun"), first.get("fetch")
     lines += [""]
     if rerun:
