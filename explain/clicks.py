@@ -290,11 +290,7 @@ def _answer(evidence: Evidence, small: _Small, mask: np.ndarray, seeds: _Seeds, 
 
 def _kept(mask: np.ndarray, seeds: _Seeds) -> np.ndarray:
     """The parts of a working-size answer inside ``allowed`` that touch a positive seed."""
-    count, labels = cv2.connectedComponents((mask & seeds.allowed).view(np.uint8), connectivity=8)
-    keep = np.zeros(count, bool)
-    keep[np.unique(labels[seeds.lesion & mask])] = True
-    keep[0] = False
-    return keep[labels]
+    return seeded(mask & seeds.allowed, seeds.lesion)
 
 
 def _upscale(evidence: Evidence, small: _Small, mask: np.ndarray, clicks) -> np.ndarray:
