@@ -59,6 +59,8 @@ from results import hardware, load_average, write_section  # benchmarks/results.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from labeler.posting import BULK_AT_LEAST, BULK_BELOW, GATHER_AT_MOST_S  # noqa: E402 - after the path
+
 XRAYS = ROOT.parent / "shared" / "data" / "cxr" / "images"
 START, END = "<!-- prelabel:start -->", "<!-- prelabel:end -->"
 BATCHES = (16, 32)
@@ -70,7 +72,7 @@ STAGES = (
     ("model", "model (compiled Grad-CAM call)"),
     ("regions", "regions (`Prelabeler.regions`, describing thread)"),
     ("results", "Label Studio JSON (`prelabel_results`)"),
-    ("post", "POST to Label Studio (`import_predictions`, one per 64 gathered predictions below 1,500 project predictions, else `predictions.create`, one per task, 4 in flight: summed over requests)"),
+    ("post", f"POST to Label Studio (`import_predictions`, one per {BULK_AT_LEAST} gathered predictions (or {GATHER_AT_MOST_S:g} s) below {BULK_BELOW:,} project predictions, else `predictions.create`, one per task, 4 in flight: summed over requests)"),
     ("database", "our database (`store_predictions`)"),
 )
 
@@ -468,7 +470,7 @@ def report(results: dict, quick: bool, tasks: int) -> str:
         f"(a new project per batch size): {results['originals']} real chest X-rays (8-bit grayscale PNG, "
         f"{wmin}-{wmax} x {hmin}-{hmax} px) and {variants} mirrored re-encodings of them (distinct content hashes). "
         f"Images are read **from Label Studio's document root on disk** (`document_root` passed, as in a co-located "
-        f"deployment), not through its local-files HTTP serving; predictions are posted through the SDK as `labeler.posting` decides (bulk requests of at least 64 predictions gathered over batches while the project holds fewer than 1,500, else one post per task); "
+        f"deployment), not through its local-files HTTP serving; predictions are posted through the SDK as `labeler.posting` decides (bulk requests of {BULK_AT_LEAST} predictions gathered over batches, or fewer after {GATHER_AT_MOST_S:g} s, while the project holds fewer than {BULK_BELOW:,}, else one post per task); "
         f"our database is a temporary SQLite file.",
         "",
         "Forward = a traced `tf.function` of `model(x, training=False)` on the same images preprocessed with "
@@ -561,6 +563,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown file to write the section into")
     parser.add_argument("--tasks", type=int, default=None, help="tasks per batch size (default 600: the 154 X-rays and their mirrors; 40 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="batch sizes to run (default 16 32)")
     return parser.parse_args(argv)
 
 
@@ -570,7 +573,7 @@ def main(argv=None) -> None:
     if not XRAYS.is_dir():
         raise SystemExit(f"error: {XRAYS} not found: the benchmark reads the research X-rays in ../shared/data")
     started, load_start = time.perf_counter(), load_average()
-    results = run_all(tasks, BATCHES)
+    results = run_all(tasks, tuple(args.batches))
     results.update(machine=machine(), load=(load_start, load_average()), total_s=time.perf_counter() - started)
     section = report(results, args.quick, tasks)
     print(section)

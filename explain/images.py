@@ -56,9 +56,9 @@ def load_image(source: Source, *, name: str | None = None, max_pixels: int = MAX
 
     `source` is a path or the file's bytes; `name` is the file name errors show (default: the
     path's name). 8-bit and 16-bit PNG/JPEG are scaled by their full range, gray is replicated to
-    three channels and alpha is composited on black. DICOM goes through its modality and VOI
-    LUTs, MONOCHROME1 is inverted (bone bright) and the result is min-max normalised; the first
-    frame of a multi-frame file is taken. Images over `max_pixels` are refused from their header,
+    three channels (a read-only view, see `gray_as_rgb`) and alpha is composited on black. DICOM
+    goes through its modality and VOI LUTs, MONOCHROME1 is inverted (bone bright) and the result
+    is min-max normalised; the first frame of a multi-frame file is taken. Images over `max_pixels` are refused from their header,
     before any decoding.
     """
     label, kind, data = _read(source, name)
@@ -76,6 +76,18 @@ def image_size(source: Source, *, name: str | None = None) -> tuple[int, int]:
     """(width, height) of an image, read from its header only."""
     label, kind, data = _read(source, name)
     return _size(_header(label, kind, data, MAX_PIXELS))
+
+
+def gray_as_rgb(gray: np.ndarray) -> np.ndarray:
+    """A (H, W) gray image seen as (H, W, 3) RGB without copying: a read-only view whose three
+    channels are the same memory (a third of the bytes; `is_gray_view` tells it apart)."""
+    return np.broadcast_to(gray[..., None], (*gray.shape, 3))
+
+
+def is_gray_view(image: np.ndarray) -> bool:
+    """Whether ``image`` is (H, W, 3) with one channel's memory behind all three (`gray_as_rgb`):
+    work on ``image[..., 0]`` and broadcast back gives the same result for a third of the cost."""
+    return image.ndim == 3 and image.shape[2] == 3 and image.strides[2] == 0
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -168,9 +180,10 @@ def _decode_raster(label: str, kind: str, data: bytes) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 4:
         x = image.astype(np.float32) / scale
         return np.ascontiguousarray((x[..., :3] * x[..., 3:])[..., ::-1])
+    if image.ndim == 2 or image.shape[2] == 1:
+        return gray_as_rgb(np.divide(image.reshape(image.shape[:2]), scale, dtype=np.float32))
     # channels first on the integers (a quarter of the bytes), then one pass to float
-    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 or image.shape[2] == 1 else cv2.COLOR_BGR2RGB)
-    return np.divide(rgb, scale, dtype=np.float32)
+    return np.divide(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), scale, dtype=np.float32)
 
 
 def _decode_dicom(label: str, ds: Dataset) -> np.ndarray:
@@ -199,7 +212,7 @@ def _decode_dicom(label: str, ds: Dataset) -> np.ndarray:
     x = np.asarray(arr, dtype=np.float32)
     lo, hi = float(x.min()), float(x.max())
     x = (x - lo) / max(hi - lo, _EPS)
-    return np.ascontiguousarray(np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x)
+    return gray_as_rgb(x[..., 0]) if x.shape[2] == 1 else np.ascontiguousarray(x)
 
 
 def _inflates_within(data: bytes, limit: int) -> bool:

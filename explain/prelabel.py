@@ -24,6 +24,7 @@ from explain.anatomy import PriorSettings, roi_mask
 from explain.clicks import Evidence
 from explain.confidence import class_confidence, map_confidence
 from explain.gradcam import Explanation, GradCam, Target
+from explain.images import gray_as_rgb, is_gray_view
 from explain.regions import Region, RegionSettings, Threshold, extract_regions, resize_heatmap
 from explain.sources import source_named
 
@@ -160,8 +161,14 @@ class Prelabel:
 def model_inputs(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     """Images (each (H, W, 3) float in [0, 1], any size) -> (N, h, w, channels) model input."""
     height, width = spec.input_size
-    resized = [cv2.resize(np.asarray(im, dtype=np.float32), (width, height), interpolation=cv2.INTER_AREA) for im in images]
-    return spec.preprocess(np.stack(resized))
+    return spec.preprocess(np.stack([_resized(np.asarray(im, dtype=np.float32), (width, height)) for im in images]))
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` resized to ``size`` (width, height) by area; a gray view one channel at a time."""
+    if is_gray_view(image):
+        return gray_as_rgb(cv2.resize(image[..., 0], size, interpolation=cv2.INTER_AREA))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 class Prelabeler:

@@ -8,8 +8,8 @@ holds fewer than `BULK_BELOW` predictions each batch goes in one bulk request, a
 per task. A bulk request of at most `BULK_MAX` predictions is one INSERT (Django's
 ``bulk_create``): it lands whole or not at all, as a single post does. Since a bulk request costs
 Label Studio the same whatever it carries, its caller gathers `BULK_AT_LEAST` predictions (several
-batches) before one (`ready`): on a machine Label Studio shares with the model that is CPU the model
-keeps.
+batches; at most `GATHER_AT_MOST_S` seconds) before one (`ready`): on a machine Label Studio shares
+with the model that is CPU the model keeps.
 """
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ POSTS_IN_FLIGHT = 4
 BULK_BELOW = 1500
 #: Label Studio stores at most this many predictions of one import per INSERT (PREDICTION_IMPORT_BATCH_SIZE).
 BULK_MAX = 500
-#: While posting in bulk, predictions gathered before one request (Label Studio's cost is per request).
-BULK_AT_LEAST = 64
+#: While posting in bulk, predictions gathered before one request (Label Studio's cost is per request)...
+BULK_AT_LEAST = 256
+#: ... or seconds the oldest of them may wait, so that a slow machine's predictions still show soon.
+GATHER_AT_MOST_S = 20.0
 #: How often (seconds) the project's prediction count is asked again while posting in bulk
 #: (other workers post, too).
 RECOUNT_S = 60.0
@@ -55,10 +57,11 @@ class PredictionPoster:
                 future.result()
         self._count += len(posts)
 
-    def ready(self, gathered: int) -> bool:
-        """Whether ``gathered`` predictions waiting to be posted should go now: at once when each is
-        posted on its own, else once there are ``BULK_AT_LEAST``."""
-        return gathered >= BULK_AT_LEAST or not self._bulk()
+    def ready(self, gathered: int, waited_s: float) -> bool:
+        """Whether ``gathered`` predictions waiting to be posted (the oldest for ``waited_s``
+        seconds) should go now: at once when each is posted on its own, else once there are
+        ``BULK_AT_LEAST`` or the oldest has waited ``GATHER_AT_MOST_S``."""
+        return gathered >= BULK_AT_LEAST or waited_s >= GATHER_AT_MOST_S or not self._bulk()
 
     def _bulk(self) -> bool:
         if self._count >= BULK_BELOW:

@@ -3,10 +3,10 @@
 
 Resumable and database first: each batch is stored in our database, then posted to Label Studio
 (`labeler.posting`: while the project is small, one bulk request per `BULK_AT_LEAST` predictions,
-gathered over several batches; above that one post per task; each landing whole or not at all). The pending tasks are those without a prediction
-of the current model version in Label Studio (`labeler.pending`: a Data Manager filter, so a
-rerun with nothing to do lists no prediction and no task). Those whose prediction reached our
-database but not Label Studio (a crash between the two writes, or in the middle of a batch's
+gathered over several batches; above that one post per task; each landing whole or not at all).
+The pending tasks are those without a prediction of the current model version in Label Studio
+(`labeler.pending`: a Data Manager filter, so a rerun with nothing to do lists no prediction and
+no task). Those whose prediction reached our database but not Label Studio (a crash between the two writes, or in the middle of a batch's
 posts) get the stored prediction posted again, not a new one. So a rerun after an interruption
 continues where it stopped, and afterwards Label Studio and our database hold the same
 predictions, one per task.
@@ -112,12 +112,13 @@ def prelabel_project(
         return [t.id for t in batch], reposts, outcomes, service.inputs(outcomes)
 
     gathered: list[tuple[list[int], list[dict]]] = []  # stored batches waiting for one bulk request
+    gathered_at = 0.0  # when the first of them was stored (time.monotonic())
 
     def post_gathered(now: bool = False) -> None:
         """Post the gathered batches' predictions when the poster says so (or ``now``), then
         finish their claims."""
         count = sum(len(posts) for _, posts in gathered)
-        if not gathered or not (now or poster.ready(count)):
+        if not gathered or not (now or poster.ready(count, time.monotonic() - gathered_at)):
             return
         poster.post([post for _, posts in gathered for post in posts])
         for ids, posts in gathered:
@@ -141,6 +142,9 @@ def prelabel_project(
                         session, project_id, version, loaded.version, service.recorded_settings, outcomes,
                         label_studio=ws.label_studio,
                     )
+            if not gathered:
+                nonlocal gathered_at
+                gathered_at = time.monotonic()
             gathered.append((ids, reposts + [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]))
             post_gathered()
             return outcomes

@@ -17,6 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, MPEG2MPML, generate_uid
 
 from explain import images
 from explain.images import MAX_PIXELS, ImageError, image_size, load_image, to_uint8
+from explain.prelabel import model_inputs
+from models.spec import ModelSpec
 
 PATIENT_NAME, PATIENT_ID = "Doe^Janet", "PID-73915"
 
@@ -73,6 +75,23 @@ def test_png_8bit_gray_is_rgb_float_at_original_size(tmp_path):
     assert image.shape == (37, 53, 3) and image.dtype == np.float32
     np.testing.assert_allclose(image[..., 0], gray / 255, atol=1e-6)
     assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2])
+
+
+def test_gray_images_are_one_channel_seen_three_times_and_resize_as_rgb_copies_would(tmp_path):
+    """A gray PNG or DICOM is a read-only (H, W, 3) view of one channel (a third of the memory);
+    the model's input made from it equals the one made from a real three-channel copy."""
+    gray = (np.arange(301 * 407, dtype=np.uint32).reshape(301, 407) * 7919 % 256).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "chest.png"), gray)
+    spec = ModelSpec(input_size=(64, 96), class_names=("covid", "normal"))
+    dicom = _dicom(tmp_path / "chest.dcm", gray.astype(np.uint16), bits=8)
+    for image in (load_image(tmp_path / "chest.png"), load_image(dicom)):
+        assert images.is_gray_view(image) and image.shape == (301, 407, 3) and not image.flags.writeable
+        assert image.base is not None and image.base.nbytes == 301 * 407 * 4  # one float channel behind the three
+        copy = np.ascontiguousarray(image)
+        assert not images.is_gray_view(copy)
+        np.testing.assert_array_equal(model_inputs([image], spec), model_inputs([copy], spec))
+    rgb = load_image(tmp_path / "chest.png")
+    assert not images.is_gray_view(np.stack([rgb[..., 0], rgb[..., 0] * 0.5, rgb[..., 0]], axis=2))
 
 
 def test_png_16bit_gray_is_scaled_by_65535(tmp_path):

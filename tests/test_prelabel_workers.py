@@ -95,6 +95,24 @@ def test_posts_go_in_bulk_until_the_project_holds_the_threshold(label_studio, ls
     assert len(mine) == 12 and set(mine.values()) == {1}
 
 
+@pytest.mark.parametrize("wait_s, requests", [(0.0, 4), (3600.0, 1)])
+def test_gathered_predictions_go_once_the_oldest_has_waited_long_enough(
+    label_studio, ls, material, tmp_path, monkeypatch, wait_s, requests
+):
+    """Batches of 3 and a gathering target no project reaches: with no wait allowed each batch
+    goes in its own bulk request (4), with an hour allowed all 12 go in the final one."""
+    env = new_project(label_studio, f"sqlite:///{tmp_path / 'labeler.db'}", f"gather-{wait_s}", material, material["few"])
+    ws = Workspace(env["LABEL_STUDIO_URL"], env["LABEL_STUDIO_API_KEY"], int(env["LABEL_STUDIO_PROJECT"]), env["DATABASE_URL"])
+    calls: Counter = Counter()
+    counting(monkeypatch, ws.client.projects, "import_predictions", calls)
+    monkeypatch.setattr(posting, "BULK_AT_LEAST", 1000)
+    monkeypatch.setattr(posting, "GATHER_AT_MOST_S", wait_s)
+    settings = prelabel_settings("layercam", None, "predicted", "fraction:0.2", 0.001, 64)
+    report = prelabel_project(ws, material["model"], settings, batch_size=3, document_root=label_studio.document_root)
+    assert report.predicted == 12 and not report.failed
+    assert (calls["import_predictions requests"], calls["import_predictions"]) == (requests, 12)
+
+
 def test_two_prelabel_processes_share_a_project_and_do_no_task_twice(label_studio, ls, material, postgres_database):
     env = new_project(label_studio, postgres_database, "two-workers", material, material["many"])
     project = int(env["LABEL_STUDIO_PROJECT"])
