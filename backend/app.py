@@ -69,7 +69,7 @@ class Backend:
         self.sessions = session_factory(open_database(settings.database_url))
         self.predictor = Predictor(settings)
         self.metrics = Metrics()
-        self.clicks = ClickAnswers(self.metrics, settings.max_image_pixels)
+        self.clicks = ClickAnswers(self.metrics, settings.max_image_pixels, method=settings.click_method)
         self.trainer = ProjectTrainer(settings, self.predictor, self.sessions, self.project_fetcher, self.pipeline_for)
         self.runner = JobRunner(
             self.trainer, self.sessions, self.metrics, settings.train_stale_after, after_promotion=self.refresh_label_studio

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from db.identity import label_studio_identity
+from explain.clicks import DEFAULT_METHOD as DEFAULT_CLICK_METHOD, METHODS as CLICK_METHODS
 from explain.images import MAX_PIXELS
 from explain.shapes import shape_named
 from explain.sources import SOURCES
@@ -43,6 +44,12 @@ def _shape(value: str) -> str:
         shape_named(value)
     except ValueError as exc:
         raise ValueError(f"CAM_SHAPE: {exc}") from None
+    return value
+
+
+def _click_method(value: str) -> str:
+    if value not in CLICK_METHODS:
+        raise ValueError(f"CLICK_METHOD must be one of {', '.join(CLICK_METHODS)}, got {value!r}")
     return value
 
 
@@ -89,6 +96,7 @@ class Settings:
     project_sources: dict[int, str] = field(default_factory=dict)
     roi_model_path: Path | None = None  # the anatomy prior's ROI model (a lung segmenter); None: no prior
     roi_margin: float = 0.03  # explain.anatomy.PriorSettings.margin
+    click_method: str = DEFAULT_CLICK_METHOD  # how interactive clicks become a mask: explain.clicks.METHODS
     # Training on the corrected masks (backend.training): whether this process runs queued jobs,
     # train after every N new corrected annotations (0: only when asked), what a job needs and does.
     training: bool = False  # from_env: TRAINING, default 1 (Settings built in code, as tests do, run no jobs unless asked)
@@ -149,6 +157,7 @@ class Settings:
             project_sources=_project_sources(env.get("PROJECT_PRELABEL_SOURCES", "")),
             roi_model_path=Path(roi_model) if roi_model else None,
             roi_margin=_fraction(env, "ROI_MARGIN", cls.roi_margin),
+            click_method=_click_method(env.get("CLICK_METHOD", cls.click_method)),
             training=_flag(env, "TRAINING", True),
             train_every=_count(env, "TRAIN_EVERY", cls.train_every),
             train_min_tasks=_number(env, "TRAIN_MIN_TASKS", cls.train_min_tasks, int),

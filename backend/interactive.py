@@ -81,10 +81,13 @@ def _size(evidence: Evidence) -> int:
 class ClickAnswers:
     """Answers interactive requests (one per backend process: the cache is per process)."""
 
-    def __init__(self, metrics: Metrics, max_pixels: int = MAX_PIXELS, cache: EvidenceCache | None = None):
+    def __init__(
+        self, metrics: Metrics, max_pixels: int = MAX_PIXELS, cache: EvidenceCache | None = None, method: str | None = None,
+    ):
         self.metrics = metrics
         self.max_pixels = max_pixels
         self.cache = cache or EvidenceCache()
+        self.method = method  # explain.clicks.METHODS name; None: its DEFAULT_METHOD
 
     def answer(
         self, tasks: list[dict], prompt: Prompt, config: str, plan: LabelingPlan, pipeline: Pipeline,
@@ -117,7 +120,7 @@ class ClickAnswers:
         name, evidence = entry
         height, width = evidence.shape
         with watch.stage("clicks"):
-            mask = segment(evidence, prompt.clicks(width, height), prompt.boxes(width, height))
+            mask = segment(evidence, prompt.clicks(width, height), prompt.boxes(width, height), self.method)
         label = targets.label(prompt.label, name)
         polygon = targets.polygon if label in targets.polygon_labels else None
         score = float(evidence.heat[mask].mean()) if mask.any() else 0.0

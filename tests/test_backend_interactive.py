@@ -157,3 +157,24 @@ def test_the_evidence_cache_is_bounded_by_images_and_bytes():
         small.put((key,), evidence(100))
         small.get(("a",))  # recently used: kept
     assert len(small) == 3 and small.get(("a",)) is not None and small.get(("b",)) is None
+
+
+def test_click_method_setting_chooses_how_clicks_become_a_mask(tmp_path, model_path, documents, monkeypatch):  # noqa: F811
+    """CLICK_METHOD (default: explain.clicks.DEFAULT_METHOD) reaches every interactive answer;
+    an unknown one is refused at start-up, naming the setting and the choices."""
+    from backend import interactive
+    from backend.config import Settings
+    from explain import clicks
+
+    assert Settings.from_env({"MODEL_PATH": "m.keras"}).click_method == clicks.DEFAULT_METHOD
+    assert Settings.from_env({"MODEL_PATH": "m.keras", "CLICK_METHOD": "grabcut"}).click_method == "grabcut"
+    with pytest.raises(ValueError, match="CLICK_METHOD must be one of threshold, .*, got 'sam'"):
+        Settings.from_env({"MODEL_PATH": "m.keras", "CLICK_METHOD": "sam"})
+    used = []
+    monkeypatch.setattr(interactive, "segment", lambda *args: used.append(args[3]) or clicks.segment(*args))
+    for method in ("threshold", "region_growing"):
+        app = create_app(make_settings(tmp_path, model_path, documents, click_method=method))
+        answer = app.test_client().post("/predict", json=click_body({"result": [keypoint(62.5, 25)]}))
+        assert answer.status_code == 200, answer.json
+        assert brush_mask(answer.json["results"][0]["result"], 80, 60)[15, 50]
+    assert used == ["threshold", "region_growing"]
