@@ -131,10 +131,56 @@ def live_task(
     ``patient_key`` / ``source_name`` (see `task_origin`) replaces the stored one, since the
     task data may change in Label Studio (e.g. ``labeler rekey-patients``).
     """
+    found = get_live_task(session, project, _checked_task_id(ls_task_id, image_uri))
+    task = _kept_or_new(project, found, ls_task_id, image_uri, content_hash, width, height, patient_key, source_name)
+    session.flush()
+    if task is found:
+        return task
+    return _add_unique(session, task, lambda: get_live_task(session, project, ls_task_id))
+
+
+def live_tasks(session: Session, project: Project, records: Sequence["PredictionRecord"]) -> list[Task]:
+    """`live_task` for each record (its task id, image, size and origin), in order, with one
+    query and one flush for them all; one at a time when another writer added one meanwhile."""
+    ids = sorted({_checked_task_id(r.ls_task_id, r.image_uri) for r in records})
+    found: dict[int, Task] = {}
+    for start in range(0, len(ids), 500):  # bounded IN lists
+        query = select(Task).where(
+            Task.project_id == project.id, Task.deleted_at.is_(None), Task.ls_task_id.in_(ids[start : start + 500])
+        )
+        found.update((task.ls_task_id, task) for task in session.scalars(query))
+    try:
+        with session.begin_nested():
+            tasks = []
+            for r in records:
+                task = _kept_or_new(
+                    project, found.get(r.ls_task_id), r.ls_task_id, r.image_uri, r.content_hash, r.width, r.height,
+                    r.patient_key, r.source_name,
+                )
+                session.add(task)
+                found[r.ls_task_id] = task
+                tasks.append(task)
+            session.flush()  # updates (a replaced row marked deleted) go before inserts
+        return tasks
+    except IntegrityError:
+        return [
+            live_task(session, project, r.ls_task_id, r.image_uri, r.content_hash, r.width, r.height, r.patient_key, r.source_name)
+            for r in records
+        ]
+
+
+def _checked_task_id(ls_task_id: int, image_uri: str) -> int:
     check_id(ls_task_id, "ls_task_id")
     if not isinstance(image_uri, str):
         raise ValueError(f"image_uri must be a string, got {type(image_uri).__name__}")
-    task = get_live_task(session, project, ls_task_id)
+    return ls_task_id
+
+
+def _kept_or_new(
+    project: Project, task: Task | None, ls_task_id: int, image_uri: str, content_hash, width, height, patient_key, source_name,
+) -> Task:
+    """``task`` (the live row, or None) brought up to date when it shows the same image; else a new
+    (unsaved) row, ``task`` marked deleted (see `live_task`)."""
     if task is not None and _same_image(task, image_uri, content_hash):
         fill = (("image_uri", image_uri or None), ("content_hash", content_hash), ("width", width), ("height", height))
         for name, value in fill:
@@ -143,12 +189,10 @@ def live_task(
         for name, value in (("patient_key", patient_key), ("source_name", source_name)):
             if value is not None and getattr(task, name) != value:
                 setattr(task, name, value)
-        session.flush()
         return task
     if task is not None:
         task.deleted_at = utcnow()
-        session.flush()
-    new = Task(
+    return Task(
         project_id=project.id,
         ls_task_id=ls_task_id,
         image_uri=image_uri,
@@ -158,7 +202,6 @@ def live_task(
         patient_key=patient_key,
         source_name=source_name,
     )
-    return _add_unique(session, new, lambda: get_live_task(session, project, ls_task_id))
 
 
 PATIENT_DATA_KEY = "patient"  # task data key of the keyed patient value (labeler.patients)
@@ -299,8 +342,9 @@ def add_prediction(
     class_name: str,
     heatmap: np.ndarray | bytes | None,
     results: Sequence[Mapping[str, Any]],
+    flush: bool = True,
 ) -> Prediction:
-    """Append one prediction.
+    """Append one prediction (written at once, unless ``flush`` is False: then with the session's next flush).
 
     Parameters
     ----------
@@ -338,7 +382,8 @@ def add_prediction(
         results=[dict(r) for r in results],
     )
     session.add(prediction)
-    session.flush()
+    if flush:
+        session.flush()
     return prediction
 
 
@@ -705,16 +750,13 @@ def store_predictions(
     and of failures ``(ls_task_id, kind, message)``, shared by the backend and ``labeler prelabel``."""
     project = upsert_project(session, ls_project_id, label_studio=label_studio)
     version = model_version(session, version_name, weights_id, settings)
-    for record in records:
-        task = live_task(
-            session, project, record.ls_task_id, record.image_uri, record.content_hash, record.width, record.height,
-            record.patient_key, record.source_name,
-        )
+    for record, task in zip(records, live_tasks(session, project, records)):
         for class_name, heatmap in record.heatmaps or [(record.predicted_class, None)]:
             add_prediction(
                 session, task, version, record.probabilities, record.predicted_class, record.score,
-                class_name, heatmap, record.results,
+                class_name, heatmap, record.results, flush=False,
             )
+    session.flush()
     for ls_task_id, kind, message in failures:
         add_failure(session, kind, message, project=project, ls_task_id=ls_task_id)
     return project

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -577,9 +578,38 @@ def test_concurrent_migrations_from_several_processes(url):
         engine.dispose()
 
 
-def test_concurrent_writers_create_each_live_task_once(url, engine, project):
+def _task_record(ls_task_id: int, image_uri: str, content_hash=None, width=None, height=None, patient_key=None):
+    """What `db.live_tasks` reads of a `repo.PredictionRecord`."""
+    return SimpleNamespace(ls_task_id=ls_task_id, image_uri=image_uri, content_hash=content_hash, width=width,
+                           height=height, patient_key=patient_key, source_name=None)
+
+
+def test_live_tasks_in_one_go_keep_replace_and_create_as_one_at_a_time_does(session, project):
+    kept = db.live_task(session, project, 1, "a.png")
+    replaced = db.live_task(session, project, 2, "b.png", content_hash="h1")
+    session.commit()
+    records = [
+        _task_record(1, "a.png", "ha", 10, 20, patient_key="k1:p"),  # the same image: filled in
+        _task_record(2, "b.png", "h2"),  # another content: a new row, the old one deleted
+        _task_record(3, "c.png"),  # new
+        _task_record(3, "c.png", width=5),  # twice in one batch: the same row
+    ]
+    got = db.live_tasks(session, project, records)
+    session.commit()
+    assert got[0] is kept and (kept.content_hash, kept.width, kept.height, kept.patient_key) == ("ha", 10, 20, "k1:p")
+    assert got[1] is not replaced and got[1].content_hash == "h2" and not replaced.is_live and got[1].is_live
+    assert got[2] is got[3] and got[2].width == 5 and got[2].id is not None
+    assert {t.ls_task_id: t.id for t in session.scalars(sa.select(Task).where(Task.deleted_at.is_(None)))} == {
+        1: kept.id, 2: got[1].id, 3: got[2].id}
+    with pytest.raises(ValueError, match="image_uri must be a string"):
+        db.live_tasks(session, project, [_task_record(4, None)])
+
+
+@pytest.mark.parametrize("in_one_go", [False, True], ids=["one at a time", "in one go"])
+def test_concurrent_writers_create_each_live_task_once(url, engine, project, in_one_go):
     """Writers racing to create the same new tasks: the partial unique index lets one win, the
-    others get the winner's row (savepoint + re-read), nobody fails."""
+    others get the winner's row (savepoint + re-read), nobody fails; `live_tasks` falls back to
+    one at a time when its batch meets a row another writer added."""
     workers, tasks = 4, 20
     barrier = threading.Barrier(workers)
     errors: list[BaseException] = []
@@ -590,6 +620,14 @@ def test_concurrent_writers_create_each_live_task_once(url, engine, project):
         Session = db.session_factory(own)
         try:
             barrier.wait()
+            if in_one_go:
+                for start in range(0, tasks, 5):
+                    with Session.begin() as session:
+                        proj = db.upsert_project(session, 7)
+                        batch = [_task_record(100 + n, f"{n}.png") for n in range(start, start + 5)]
+                        for n, task in zip(range(start, start + 5), db.live_tasks(session, proj, batch)):
+                            seen[n].add(task.id)
+                return
             for n in range(tasks):
                 with Session.begin() as session:
                     proj = db.upsert_project(session, 7)
