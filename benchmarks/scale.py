@@ -241,6 +241,10 @@ COLUMNS = (
 
 
 NOTE = (
+    "A pre-labelled batch is posted in bulk while the project holds fewer than `labeler.posting.BULK_BELOW` "
+    "(1,500) predictions (gathered over batches: cheaper), then one post per task at a cost the project's size "
+    "does not change; a size below that line and one above it make the per-batch fit rise where the cost is "
+    "flat (compare the sizes above the line). "
     "Rows that grow do so with what is new, not with the project: pre-labelling, importing and catching up "
     "1 % new tasks or the tasks added since the last size (their fits extrapolate the growth of what is new, "
     "not a cost of size). A sync right after changes re-reads the tasks changed in the minute before the "
