@@ -58,8 +58,8 @@ def load_image(source: Source, *, name: str | None = None, max_pixels: int = MAX
     path's name). 8-bit and 16-bit PNG/JPEG are scaled by their full range, gray is replicated to
     three channels (a read-only view, see `gray_as_rgb`) and alpha is composited on black. DICOM
     goes through its modality and VOI LUTs, MONOCHROME1 is inverted (bone bright) and the result
-    is min-max normalised; the first frame of a multi-frame file is taken. Images over `max_pixels` are refused from their header,
-    before any decoding.
+    is min-max normalised; the first frame of a multi-frame file is taken. Images over
+    `max_pixels` are refused from their header, before any decoding.
     """
     label, kind, data = _read(source, name)
     header = _header(label, kind, data, max_pixels)

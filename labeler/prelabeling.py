@@ -6,10 +6,10 @@ Resumable and database first: each batch is stored in our database, then posted 
 gathered over several batches; above that one post per task; each landing whole or not at all).
 The pending tasks are those without a prediction of the current model version in Label Studio
 (`labeler.pending`: a Data Manager filter, so a rerun with nothing to do lists no prediction and
-no task). Those whose prediction reached our database but not Label Studio (a crash between the two writes, or in the middle of a batch's
-posts) get the stored prediction posted again, not a new one. So a rerun after an interruption
-continues where it stopped, and afterwards Label Studio and our database hold the same
-predictions, one per task.
+no task). Those whose prediction reached our database but not Label Studio (a crash between the
+two writes, or in the middle of a batch's posts) get the stored prediction posted again, not a
+new one. So a rerun after an interruption continues where it stopped, and afterwards Label Studio
+and our database hold the same predictions, one per task.
 
 Several workers (processes, machines sharing the database) may pre-label one project at once:
 each claims a batch of pending tasks before reading it (`db.claims`), so no task is done twice.
@@ -132,6 +132,7 @@ def prelabel_project(
         """Store a batch once its regions are outlined and post it (with the batches gathered
         before it, see `PredictionPoster.ready`); its outcomes. ``described`` None: post what is
         gathered."""
+        nonlocal gathered_at
         if stop.is_set():
             return []
         try:
@@ -146,7 +147,6 @@ def prelabel_project(
                         label_studio=ws.label_studio,
                     )
             if not gathered:
-                nonlocal gathered_at
                 gathered_at = time.monotonic()
             gathered.append((ids, reposts + [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]))
             post_gathered()
