@@ -113,6 +113,50 @@ def test_gathered_predictions_go_once_the_oldest_has_waited_long_enough(
     assert (calls["import_predictions requests"], calls["import_predictions"]) == (requests, 12)
 
 
+def test_the_model_works_on_two_batches_at_once_and_every_task_is_stored_once(
+    label_studio, ls, material, tmp_path, monkeypatch
+):
+    """MODEL_CALLS_IN_FLIGHT = 2: a slowed model call overlaps the next one (never a third),
+    and the regions, the database and Label Studio still get each task once, in batch order."""
+    import threading
+    import time
+
+    from explain.service import PrelabelService
+
+    env = new_project(label_studio, f"sqlite:///{tmp_path / 'labeler.db'}", "in-flight", material, material["few"])
+    ws = Workspace(env["LABEL_STUDIO_URL"], env["LABEL_STUDIO_API_KEY"], int(env["LABEL_STUDIO_PROJECT"]), env["DATABASE_URL"])
+    lock, running, most, described = threading.Lock(), [0], [0], []
+    infer, describe = PrelabelService.infer, PrelabelService.describe
+
+    def slow_infer(self, outcomes, inputs=None):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3)
+        try:
+            return infer(self, outcomes, inputs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    def noted_describe(self, outcomes, outputs):
+        described.append([o.task_id for o in outcomes])
+        return describe(self, outcomes, outputs)
+
+    monkeypatch.setattr(PrelabelService, "infer", slow_infer)
+    monkeypatch.setattr(PrelabelService, "describe", noted_describe)
+    settings = prelabel_settings("layercam", None, "predicted", "fraction:0.2", 0.001, 64)
+    report = prelabel_project(ws, material["model"], settings, batch_size=3, document_root=label_studio.document_root)
+    assert report.predicted == 12 and not report.failed
+    assert most[0] == 2
+    flat = [task for batch in described for task in batch]
+    assert flat == sorted(flat) and len(set(flat)) == 12  # claimed in id order, described in that order
+    mine = Counter(p.task for p in ls.predictions.list(project=ws.project_id) if p.model_version == report.version)
+    assert len(mine) == 12 and set(mine.values()) == {1}
+    with session_factory(make_engine(env["DATABASE_URL"]))() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Prediction)) == 12
+
+
 def test_two_prelabel_processes_share_a_project_and_do_no_task_twice(label_studio, ls, material, postgres_database):
     env = new_project(label_studio, postgres_database, "two-workers", material, material["many"])
     project = int(env["LABEL_STUDIO_PROJECT"])
