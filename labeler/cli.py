@@ -438,6 +438,10 @@ def prelabel(
     database_url: DatabaseUrl = DEFAULT_DATABASE,
     claim_lease: Annotated[float, typer.Option(min=1, help="Seconds after which another worker may take over "
                                                "tasks this one claimed and has not finished (several workers on one project).")] = 600.0,
+    fast_import: Annotated[bool, typer.Option(
+        "--fast-import/--no-fast-import", envvar="LABEL_STUDIO_FAST_IMPORT",
+        help="Label Studio runs with its constant-cost prediction import (the feature flag of labeler.posting."
+             "FAST_IMPORT_FLAG, set in docker-compose.yml): post in bulk at any project size.")] = False,
 ):
     """Pre-label every task without a prediction of this model version (resumable; several workers may share a project) and report throughput."""
     from labeler.prelabeling import prelabel_project
@@ -464,7 +468,7 @@ def prelabel(
         errors.print(f"note: pre-labelling with the project's promoted segmenter #{promoted[0]} (--source gradcam: Grad-CAM)", markup=False, highlight=False)
     report = prelabel_project(
         ws, model, settings, batch_size, document_root, segmenter_path=segmenter, roi_model_path=roi_model, prior=prior,
-        claim_lease_s=claim_lease,
+        claim_lease_s=claim_lease, fast_import=fast_import,
     )
     for line in report.failed:
         errors.print(f"error: {line}", markup=False, highlight=False)

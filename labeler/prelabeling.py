@@ -83,12 +83,14 @@ def prelabel_project(
     roi_model_path: Path | None = None,
     prior: PriorSettings = PriorSettings(),
     claim_lease_s: float = claims.DEFAULT_LEASE_S,
+    fast_import: bool = False,
 ) -> PrelabelReport:
     """Pre-label every task of ``ws``'s project that lacks a prediction of this model version, with
     the source ``settings.source`` (the segmenter and fusion sources need ``segmenter_path``),
     inside the lungs of the ROI model at ``roi_model_path`` when given. Other workers may run
     at once on the same project and database: each task is claimed by one of them (a claim not
-    finished within ``claim_lease_s`` seconds is taken over)."""
+    finished within ``claim_lease_s`` seconds is taken over). ``fast_import``: Label Studio runs with
+    its constant-cost bulk import (`labeler.posting.FAST_IMPORT_FLAG`), post in bulk at any size."""
     project_id = ws.require_project()
     loaded, prelabeler = build_prelabeler(model_path, settings, batch_size, segmenter_path, roi_model_path, prior)
     project = ws.client.projects.get(id=project_id)
@@ -100,7 +102,7 @@ def prelabel_project(
     done = max(0, (project.task_number or 0) - len(pending))
     worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     work = _Claims(ws, project_id, version, worker, claim_lease_s, pending, batch_size, listed_after) if pending else None
-    poster = PredictionPoster(ws.client, project_id, project.total_predictions_number)
+    poster = PredictionPoster(ws.client, project_id, project.total_predictions_number, fast_import)
     stop = threading.Event()  # after a failed save nothing more is written, as after a kill
 
     def prepare():

@@ -29,6 +29,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from labeler.posting import FAST_IMPORT_FLAG
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
 LABEL_STUDIO_VERSION = "1.23.2"
@@ -222,6 +224,8 @@ def server_env(
             "LATEST_VERSION_CHECK": "false",
             "COLLECT_ANALYTICS": "false",
             "FEATURE_FLAGS_OFFLINE": "true",
+            # bulk prediction imports at a constant cost (see labeler.posting.FAST_IMPORT_FLAG)
+            FAST_IMPORT_FLAG: "true",
             # collect_versions() runs `git log` next to the package, i.e. inside this repo
             "GIT_CEILING_DIRECTORIES": str(REPO.parent),
             "PYTHONUNBUFFERED": "1",

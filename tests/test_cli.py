@@ -329,3 +329,27 @@ def test_method_and_source_help_lists_what_the_code_has():
     result = CliRunner().invoke(cli.app, ["prelabel", "--help"], env={"COLUMNS": "400"})
     for name in SOURCES:
         assert name in result.output
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    ([], {}, False),
+    (["--fast-import"], {}, True),
+    ([], {"LABEL_STUDIO_FAST_IMPORT": "1"}, True),
+    (["--no-fast-import"], {"LABEL_STUDIO_FAST_IMPORT": "1"}, False),
+])
+def test_prelabel_fast_import_comes_from_its_option_or_the_environment(monkeypatch, tmp_path, args, env, expected):
+    from labeler import prelabeling, training
+
+    seen = {}
+
+    def fake(ws, model, settings, batch_size, document_root, **kwargs):
+        seen.update(kwargs)
+        return prelabeling.PrelabelReport(0, 0, [], 0.0, "v")
+
+    monkeypatch.setattr(prelabeling, "prelabel_project", fake)
+    monkeypatch.setattr(training, "promoted_segmenter", lambda ws: None)
+    result = CliRunner().invoke(app, ["prelabel", "--model", str(tmp_path / "m.keras"), "--database-url", "sqlite://",
+                                      "--label-studio-url", "http://127.0.0.1:9", "--api-key", "k", "--project", "1",
+                                      *args], env=env)
+    assert result.exit_code == 0, result.output
+    assert seen["fast_import"] is expected

@@ -204,6 +204,18 @@ def test_services_share_a_network_and_use_only_declared_volumes(compose):
                 assert source in declared_volumes, f"{name}: volume {source} is not declared"
 
 
+def test_every_label_studio_this_project_starts_imports_predictions_at_a_constant_cost(compose, tmp_path):
+    """The feature flag of Label Studio's constant-cost bulk import (labeler.posting) is on in the
+    compose file's Label Studio and in the one the tests, the demo and the benchmarks start."""
+    from labeler.posting import FAST_IMPORT_FLAG
+    from labeler.studio import server_env
+
+    assert str(compose["services"]["label-studio"]["environment"][FAST_IMPORT_FLAG]).lower() == "true"
+    env = server_env(data_dir=tmp_path, home=tmp_path, document_root=tmp_path, username="u", password="p",
+                     token="t", secret_key="s", host_url=None)
+    assert env[FAST_IMPORT_FLAG] == "true"
+
+
 def test_images_are_pinned_and_label_studio_is_the_tested_version(compose):
     from labeler.studio import LABEL_STUDIO_VERSION
 

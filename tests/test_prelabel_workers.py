@@ -95,6 +95,28 @@ def test_posts_go_in_bulk_until_the_project_holds_the_threshold(label_studio, ls
     assert len(mine) == 12 and set(mine.values()) == {1}
 
 
+def test_with_label_studios_fast_import_a_large_project_is_still_posted_in_bulk(label_studio, ls, material, tmp_path, monkeypatch):
+    """A project already past BULK_BELOW, Label Studio started with FAST_IMPORT_FLAG (as
+    labeler.studio starts it) and ``fast_import``: every prediction goes in bulk requests."""
+    env = new_project(label_studio, f"sqlite:///{tmp_path / 'labeler.db'}", "fast-import", material, material["few"])
+    project = int(env["LABEL_STUDIO_PROJECT"])
+    for task in list(ls.tasks.list(project=project, fields="task_only"))[:6]:
+        ls.predictions.create(task=task.id, result=RESULT, score=0.5, model_version="someone-else")
+    ws = Workspace(env["LABEL_STUDIO_URL"], env["LABEL_STUDIO_API_KEY"], project, env["DATABASE_URL"])
+    calls: Counter = Counter()
+    counting(monkeypatch, ws.client.projects, "import_predictions", calls)
+    counting(monkeypatch, ws.client.predictions, "create", calls)
+    monkeypatch.setattr(posting, "BULK_BELOW", 5)
+    monkeypatch.setattr(posting, "BULK_AT_LEAST", 6)
+    settings = prelabel_settings("layercam", None, "predicted", "fraction:0.2", 0.001, 64)
+    report = prelabel_project(ws, material["model"], settings, batch_size=3, document_root=label_studio.document_root,
+                              fast_import=True)
+    assert report.predicted == 12 and not report.failed
+    assert (calls["import_predictions requests"], calls["import_predictions"], calls["create"]) == (2, 12, 0)
+    mine = Counter(p.task for p in ls.predictions.list(project=project) if p.model_version == report.version)
+    assert len(mine) == 12 and set(mine.values()) == {1}
+
+
 @pytest.mark.parametrize("wait_s, requests", [(0.0, 4), (3600.0, 1)])
 def test_gathered_predictions_go_once_the_oldest_has_waited_long_enough(
     label_studio, ls, material, tmp_path, monkeypatch, wait_s, requests
