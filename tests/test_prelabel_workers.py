@@ -69,12 +69,17 @@ def counting(monkeypatch, owner, name, calls: Counter):
     monkeypatch.setattr(owner, name, wrapper)
 
 
-@pytest.mark.parametrize("held", [0, 6])
-def test_posts_go_in_bulk_until_the_project_holds_the_threshold(label_studio, ls, material, tmp_path, monkeypatch, held):
-    """BULK_BELOW 5, BULK_AT_LEAST 6, batches of 3: an empty project gets its first two batches
-    gathered into one request (0 predictions held before it), then one post per task; a project
-    already holding 6 predictions of another version gets one post per task from the start."""
-    env = new_project(label_studio, f"sqlite:///{tmp_path / 'labeler.db'}", f"hybrid-{held}", material, material["few"])
+@pytest.mark.parametrize("held, fast_import, expected", [(0, False, (1, 6, 6)), (6, False, (0, 0, 12)), (6, True, (2, 12, 0))])
+def test_posts_go_in_bulk_until_the_project_holds_the_threshold(
+    label_studio, ls, material, tmp_path, monkeypatch, held, fast_import, expected
+):
+    """BULK_BELOW 5, BULK_AT_LEAST 6, batches of 3; expected (bulk requests, predictions in them,
+    single posts): an empty project gets its first two batches gathered into one request (0
+    predictions held before it), then one post per task; a project already holding 6 predictions
+    of another version gets one post per task from the start, or, with Label Studio's
+    constant-cost import (FAST_IMPORT_FLAG: labeler.studio starts it so) and ``fast_import``, bulk
+    requests only."""
+    env = new_project(label_studio, f"sqlite:///{tmp_path / 'labeler.db'}", f"hybrid-{held}-{fast_import}", material, material["few"])
     project = int(env["LABEL_STUDIO_PROJECT"])
     for task in list(ls.tasks.list(project=project, fields="task_only"))[:held]:
         ls.predictions.create(task=task.id, result=RESULT, score=0.5, model_version="someone-else")
@@ -85,34 +90,10 @@ def test_posts_go_in_bulk_until_the_project_holds_the_threshold(label_studio, ls
     monkeypatch.setattr(posting, "BULK_BELOW", 5)
     monkeypatch.setattr(posting, "BULK_AT_LEAST", 6)
     settings = prelabel_settings("layercam", None, "predicted", "fraction:0.2", 0.001, 64)
-    report = prelabel_project(ws, material["model"], settings, batch_size=3, document_root=label_studio.document_root)
-    assert report.predicted == 12 and not report.failed
-    if held == 0:
-        assert (calls["import_predictions requests"], calls["import_predictions"], calls["create"]) == (1, 6, 6)
-    else:
-        assert (calls["import_predictions requests"], calls["create"]) == (0, 12)
-    mine = Counter(p.task for p in ls.predictions.list(project=project) if p.model_version == report.version)
-    assert len(mine) == 12 and set(mine.values()) == {1}
-
-
-def test_with_label_studios_fast_import_a_large_project_is_still_posted_in_bulk(label_studio, ls, material, tmp_path, monkeypatch):
-    """A project already past BULK_BELOW, Label Studio started with FAST_IMPORT_FLAG (as
-    labeler.studio starts it) and ``fast_import``: every prediction goes in bulk requests."""
-    env = new_project(label_studio, f"sqlite:///{tmp_path / 'labeler.db'}", "fast-import", material, material["few"])
-    project = int(env["LABEL_STUDIO_PROJECT"])
-    for task in list(ls.tasks.list(project=project, fields="task_only"))[:6]:
-        ls.predictions.create(task=task.id, result=RESULT, score=0.5, model_version="someone-else")
-    ws = Workspace(env["LABEL_STUDIO_URL"], env["LABEL_STUDIO_API_KEY"], project, env["DATABASE_URL"])
-    calls: Counter = Counter()
-    counting(monkeypatch, ws.client.projects, "import_predictions", calls)
-    counting(monkeypatch, ws.client.predictions, "create", calls)
-    monkeypatch.setattr(posting, "BULK_BELOW", 5)
-    monkeypatch.setattr(posting, "BULK_AT_LEAST", 6)
-    settings = prelabel_settings("layercam", None, "predicted", "fraction:0.2", 0.001, 64)
     report = prelabel_project(ws, material["model"], settings, batch_size=3, document_root=label_studio.document_root,
-                              fast_import=True)
+                              fast_import=fast_import)
     assert report.predicted == 12 and not report.failed
-    assert (calls["import_predictions requests"], calls["import_predictions"], calls["create"]) == (2, 12, 0)
+    assert (calls["import_predictions requests"], calls["import_predictions"], calls["create"]) == expected
     mine = Counter(p.task for p in ls.predictions.list(project=project) if p.model_version == report.version)
     assert len(mine) == 12 and set(mine.values()) == {1}
 
