@@ -85,9 +85,11 @@ class PredictionPoster:
 
     def _bulk(self) -> bool:
         """Bulk while the project holds fewer than BULK_BELOW predictions, and past that while
-        bulk requests stay cheap (measured: Label Studio's constant-cost import, FAST_IMPORT_FLAG); at
-        any size when the caller knows Label Studio runs with that flag (``fast_import``)."""
-        if self._fast_import or (self._bulk_cost is not None and self._bulk_cost <= CHEAP_BULK_S):
+        bulk requests stay cheap (measured: Label Studio's constant-cost import, FAST_IMPORT_FLAG);
+        until measured otherwise when the caller says Label Studio runs with that flag (``fast_import``)."""
+        if self._bulk_cost is None and self._fast_import:
+            return True
+        if self._bulk_cost is not None and self._bulk_cost <= CHEAP_BULK_S:
             return True
         if self._count >= BULK_BELOW:
             return False  # a project's predictions do not shrink while it is pre-labelled

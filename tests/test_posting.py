@@ -44,14 +44,17 @@ class TimedProjects:
         self.requests.append(len(request))
 
 
+@pytest.mark.parametrize("fast_import", [False, True])
 @pytest.mark.parametrize("seconds_per_prediction, bulk_after", [(0.0001, True), (0.02, False)])
-def test_past_the_threshold_bulk_goes_on_only_while_it_was_measured_cheap(seconds_per_prediction, bulk_after):
+def test_past_the_threshold_bulk_goes_on_only_while_it_was_measured_cheap(seconds_per_prediction, bulk_after, fast_import):
     """Label Studio's constant-cost import (FAST_IMPORT_FLAG) answers in about a millisecond per
-    prediction: then bulk requests go on past BULK_BELOW; a slow one means one post per task."""
+    prediction: then bulk requests go on past BULK_BELOW; a slow one means one post per task, even
+    when the caller said Label Studio had the flag (``fast_import``: bulk until measured)."""
     client = SimpleNamespace(projects=TimedProjects(seconds_per_prediction))
-    poster = PredictionPoster(client, project_id=1, predictions_now=posting.BULK_BELOW - posting.MEASURED_FROM)
+    start = posting.BULK_BELOW + (10 if fast_import else -posting.MEASURED_FROM)
+    poster = PredictionPoster(client, project_id=1, predictions_now=start, fast_import=fast_import)
     try:
-        assert not poster.ready(1, 0.0)  # below the threshold: gather
+        assert not poster.ready(1, 0.0)  # below the threshold, or told the import is cheap: gather
         poster.post([{"task": n} for n in range(posting.MEASURED_FROM)])  # in bulk, measured
         assert client.projects.requests == [posting.MEASURED_FROM]
         assert poster.ready(1, 0.0) is not bulk_after  # past the threshold: gather only while bulk is cheap
