@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from backend.training import SEED, SPLIT
 from db.engine import make_engine, session_factory
 from db.schema import TrainingJob
 from explain.labelstudio.results import brush_result, choices_result
@@ -26,7 +27,7 @@ from labeler.demo import BackendProcess
 from labeler.synthetic import synthetic_radiograph
 from models.classifiers import build_small_cnn
 from models.loading import save_classifier
-from models.splits import split_of
+from models.splits import split_of, stored_patient
 
 pytestmark = pytest.mark.train
 
@@ -59,8 +60,8 @@ def backend(label_studio, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def project(label_studio, ls, http, backend):
-    """A project of synthetic radiographs, the backend connected; the first ANNOTATED tasks are
-    annotated in Label Studio with their true lesions. Yields (project id, ML backend id, tasks by
+    """A project of synthetic radiographs, the backend connected; ANNOTATED tasks (the test
+    split's first) are annotated in Label Studio with their true lesions. Yields (project id, ML backend id, tasks by
     id, true masks by task id, annotation ids by task id)."""
     pid = ls.projects.create(title="training loop", label_config=CONFIG).id
     folder = label_studio.document_root / f"training{pid}"
@@ -80,7 +81,15 @@ def project(label_studio, ls, http, backend):
     ml_id = ls.ml.create(project=pid, url=backend["url"], title="cxr-labeler").id
     truths = {t.id: lesions[int(re.search(r"(\d+)\.png$", t.data["image"]).group(1))] for t in tasks}
     annotations = {}
-    for task in sorted(tasks, key=lambda t: t.id)[:ANNOTATED]:
+    # the test-split patients first: tasks are their own patients ("task-<id>"), so which ids Label
+    # Studio gave (the tests before this one create tasks too) decides the split; without a held-out
+    # patient a job rightly refuses to train
+    def held_out_first(task):
+        return split_of(stored_patient(None, task.id), SEED, SPLIT) != "test", task.id
+
+    chosen = sorted(tasks, key=held_out_first)[:ANNOTATED]
+    assert any(not held_out_first(t)[0] for t in chosen), "no task of the project falls in the test split"
+    for task in chosen:
         answer = http.post(f"{label_studio.url}/api/tasks/{task.id}/annotations", json={"result": _result(truths[task.id])}, timeout=30)
         assert answer.status_code == 201, answer.text
         annotations[task.id] = answer.json()["id"]
@@ -142,7 +151,7 @@ def test_start_training_in_label_studio_promotes_a_model_that_then_pre_labels(la
     corner = np.zeros((SIZE, SIZE), bool)
     corner[:24, :24] = True
     for task_id, annotation_id in annotations.items():
-        if split_of(f"task-{task_id}", 0, (0.7, 0.15, 0.15)) != "test":
+        if split_of(stored_patient(None, task_id), SEED, SPLIT) != "test":
             answer = http.patch(f"{label_studio.url}/api/annotations/{annotation_id}", json={"result": _result(corner)}, timeout=30)
             assert answer.status_code == 200, answer.text
     assert http.post(f"{label_studio.url}/api/ml/{ml_id}/train", timeout=30).status_code == 200
