@@ -116,17 +116,19 @@ def prelabel_project(
         outcomes = service.read([{"id": t.id, "data": t.data} for t in batch if t.id not in again])
         return [t.id for t in batch], reposts, outcomes, service.inputs(outcomes)
 
-    gathered: list[tuple[list[int], list[dict]]] = []  # stored batches waiting for one bulk request
-    gathered_at = 0.0  # when the first of them was stored (time.monotonic())
+    # stored batches waiting for one bulk request: (task ids, posts, when stored: time.monotonic())
+    gathered: list[tuple[list[int], list[dict], float]] = []
 
     def post_gathered(now: bool = False) -> None:
         """Post the gathered batches' predictions when the poster says so (or ``now``), then
         finish their claims."""
-        count = sum(len(posts) for _, posts in gathered)
-        if not gathered or not (now or poster.ready(count, time.monotonic() - gathered_at)):
+        if not gathered:
             return
-        poster.post([post for _, posts in gathered for post in posts])
-        for ids, posts in gathered:
+        count = sum(len(posts) for _, posts, _ in gathered)
+        if not (now or poster.ready(count, time.monotonic() - gathered[0][2])):
+            return
+        poster.post([post for _, posts, _ in gathered for post in posts])
+        for ids, posts, _ in gathered:
             work.finish(ids, {post["task"] for post in posts})
         gathered.clear()
 
@@ -134,7 +136,6 @@ def prelabel_project(
         """Store a batch once its regions are outlined and post it (with the batches gathered
         before it, see `PredictionPoster.ready`); its outcomes. ``described`` None: post what is
         gathered."""
-        nonlocal gathered_at
         if stop.is_set():
             return []
         try:
@@ -148,9 +149,8 @@ def prelabel_project(
                         session, project_id, version, loaded.version, service.recorded_settings, outcomes,
                         label_studio=ws.label_studio,
                     )
-            if not gathered:
-                gathered_at = time.monotonic()
-            gathered.append((ids, reposts + [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]))
+            posts = reposts + [{"task": o.task_id, **o.answer} for o in outcomes if o.prelabel is not None]
+            gathered.append((ids, posts, time.monotonic()))
             post_gathered()
             return outcomes
         except BaseException:
