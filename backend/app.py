@@ -26,7 +26,9 @@ from backend.predict import (
     BadRequest, StorageUnavailable, parse_config, parse_project_id, predict_tasks, project_key, validate_tasks,
     webhook_project_key,
 )
-from backend.predictor import NO_PRIOR, ModelUnavailable, Pipeline, Predictor, check_roi_model, prelabel_settings
+from backend.predictor import (
+    NO_PRIOR, ModelUnavailable, Pipeline, Predictor, check_click_model, check_roi_model, prelabel_settings,
+)
 from backend.interactive import ClickAnswers, request_prompt
 from backend.jobs import JobRunner
 from backend.refresh import refresh_predictions
@@ -65,11 +67,14 @@ class Backend:
         for source in settings.sources:  # fail at start on a bad setting, not on the first task
             prelabel_settings(settings, source)
         check_roi_model(settings)
+        check_click_model(settings)
         self.settings = settings
         self.sessions = session_factory(open_database(settings.database_url))
         self.predictor = Predictor(settings)
         self.metrics = Metrics()
-        self.clicks = ClickAnswers(self.metrics, settings.max_image_pixels, method=settings.click_method)
+        self.clicks = ClickAnswers(
+            self.metrics, settings.max_image_pixels, method=settings.click_method, click_model=settings.click_model_path
+        )
         self.trainer = ProjectTrainer(settings, self.predictor, self.sessions, self.project_fetcher, self.pipeline_for)
         self.runner = JobRunner(
             self.trainer, self.sessions, self.metrics, settings.train_stale_after, after_promotion=self.refresh_label_studio

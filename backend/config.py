@@ -97,6 +97,7 @@ class Settings:
     roi_model_path: Path | None = None  # the anatomy prior's ROI model (a lung segmenter); None: no prior
     roi_margin: float = 0.03  # explain.anatomy.PriorSettings.margin
     click_method: str = DEFAULT_CLICK_METHOD  # how interactive clicks become a mask: explain.clicks.METHODS
+    click_model_path: Path | None = None  # a click model (`labeler train-segmenter --clicks`) for "click_model"
     # Training on the corrected masks (backend.training): whether this process runs queued jobs,
     # train after every N new corrected annotations (0: only when asked), what a job needs and does.
     training: bool = False  # from_env: TRAINING, default 1 (Settings built in code, as tests do, run no jobs unless asked)
@@ -125,6 +126,7 @@ class Settings:
         root = env.get("LOCAL_FILES_DOCUMENT_ROOT")
         segmenter = env.get("SEGMENTER_PATH")
         roi_model = env.get("ROI_MODEL_PATH")
+        click_model = env.get("CLICK_MODEL")
         settings = cls(
             model_path=Path(env["MODEL_PATH"]),
             database_url=env.get("DATABASE_URL", cls.database_url),
@@ -157,7 +159,8 @@ class Settings:
             project_sources=_project_sources(env.get("PROJECT_PRELABEL_SOURCES", "")),
             roi_model_path=Path(roi_model) if roi_model else None,
             roi_margin=_fraction(env, "ROI_MARGIN", cls.roi_margin),
-            click_method=_click_method(env.get("CLICK_METHOD", cls.click_method)),
+            click_method=_click_method(env.get("CLICK_METHOD") or ("click_model" if click_model else cls.click_method)),
+            click_model_path=Path(click_model) if click_model else None,
             training=_flag(env, "TRAINING", True),
             train_every=_count(env, "TRAIN_EVERY", cls.train_every),
             train_min_tasks=_number(env, "TRAIN_MIN_TASKS", cls.train_min_tasks, int),
@@ -168,6 +171,8 @@ class Settings:
         )
         if any(SOURCES[source].needs_segmenter for source in settings.sources) and settings.segmenter_path is None:
             raise ValueError("SEGMENTER_PATH is not set, but a project pre-labels from the segmenter")
+        if settings.click_method == "click_model" and settings.click_model_path is None:
+            raise ValueError("CLICK_METHOD is click_model, but CLICK_MODEL is not set (train one with `labeler train-segmenter --clicks`)")
         return settings
 
 

@@ -3,14 +3,17 @@ keypoints and rectangles on one task) -> one brush mask (and polygons where conf
 
 The image's evidence (``Prelabeler.click_evidence``: the lesion map and the lung prior at the
 image's size) is computed once per image and kept in a bounded LRU cache, so the next clicks on
-the same image read no image and run no model. Interactive answers are drafts that the annotator
+the same image read no image and run the classifier no more (a click model, CLICK_MODEL, runs once
+per new click on the image it is bound to, kept with the evidence). Interactive answers are drafts that the annotator
 edits (the final annotation arrives by webhook): they are counted in the metrics, never stored.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
@@ -75,7 +78,9 @@ class EvidenceCache:
 
 
 def _size(evidence: Evidence) -> int:
-    return evidence.gray.nbytes + evidence.heat.nbytes + (evidence.roi.nbytes if evidence.roi is not None else 0)
+    """The evidence's arrays (a bound click model's answers counted as they stand when it is put)."""
+    clicker = getattr(evidence.clicker, "nbytes", 0)
+    return evidence.gray.nbytes + evidence.heat.nbytes + (evidence.roi.nbytes if evidence.roi is not None else 0) + clicker
 
 
 class ClickAnswers:
@@ -83,11 +88,27 @@ class ClickAnswers:
 
     def __init__(
         self, metrics: Metrics, max_pixels: int = MAX_PIXELS, cache: EvidenceCache | None = None, method: str | None = None,
+        click_model: Path | None = None,
     ):
         self.metrics = metrics
         self.max_pixels = max_pixels
         self.cache = cache or EvidenceCache()
         self.method = method  # explain.clicks.METHODS name; None: its DEFAULT_METHOD
+        self.click_model = click_model  # a clicker's file, loaded on the first click; None: none
+        self._clicker = None
+        self._lock = threading.Lock()
+
+    def clicker(self):
+        """The loaded click model (``models.clicking.Clicker``), or None without CLICK_MODEL."""
+        if self.click_model is None:
+            return None
+        with self._lock:
+            if self._clicker is None:
+                from models.clicking import Clicker
+                from models.loading import load_model
+
+                self._clicker = Clicker(load_model(self.click_model, kind="clicker"))
+            return self._clicker
 
     def answer(
         self, tasks: list[dict], prompt: Prompt, config: str, plan: LabelingPlan, pipeline: Pipeline,
@@ -140,5 +161,8 @@ class ClickAnswers:
         image = outcome.image
         with watch.stage("model"):
             output = pipeline.prelabeler.explain([image])[0]
-            entry = pipeline.prelabeler.click_evidence(np.asarray(image, np.float32), output, wanted)
-        return entry
+            name, evidence = pipeline.prelabeler.click_evidence(np.asarray(image, np.float32), output, wanted)
+            clicker = self.clicker()
+            if clicker is not None:
+                evidence = dataclasses.replace(evidence, clicker=clicker.on(evidence.gray))
+        return name, evidence

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -53,19 +54,26 @@ def prior_settings(settings: Settings) -> PriorSettings:
 def check_roi_model(settings: Settings):
     """At start: ROI_MODEL_PATH, when set, must be a segmenter (its spec says; the weights load later)."""
     prior_settings(settings)
-    if settings.roi_model_path is None:
+    check_model_kind(settings.roi_model_path, "ROI_MODEL_PATH", "segmenter", "train one on lung masks with `labeler train-segmenter`")
+
+
+def check_click_model(settings: Settings):
+    """At start: CLICK_MODEL, when set, must be a clicker (its spec says; the weights load on the first click)."""
+    check_model_kind(settings.click_model_path, "CLICK_MODEL", "clicker", "train one with `labeler train-segmenter --clicks`")
+
+
+def check_model_kind(path: Path | None, setting: str, kind: str, hint: str):
+    """ValueError naming ``setting`` when ``path`` is set but missing, unreadable or not a ``kind``."""
+    if path is None:
         return
-    if not settings.roi_model_path.exists():
-        raise ValueError(f"ROI_MODEL_PATH: {settings.roi_model_path.name}: no such model file or folder")
+    if not path.exists():
+        raise ValueError(f"{setting}: {path.name}: no such model file or folder")
     try:
-        kind = load_spec(settings.roi_model_path).kind
+        found = load_spec(path).kind
     except (ValueError, OSError) as exc:
-        raise ValueError(f"ROI_MODEL_PATH: {exc}") from None
-    if kind != "segmenter":
-        raise ValueError(
-            f"ROI_MODEL_PATH: {settings.roi_model_path.name} is a {kind}, not a segmenter "
-            "(train one on lung masks with `labeler train-segmenter`)"
-        )
+        raise ValueError(f"{setting}: {exc}") from None
+    if found != kind:
+        raise ValueError(f"{setting}: {path.name} is a {found}, not a {kind} ({hint})")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,24 +58,15 @@ LATENCY_IMAGES, LATENCY_CLICKS, LATENCY_SIZE = 4, 10, 1024
 
 def next_click(pred: np.ndarray, truth: np.ndarray):
     """The next simulated click, ``explain.clicks.Click`` at the centre of the largest connected
-    error region of ``pred`` (positive in a miss, negative in a false area); None without error."""
+    error region of ``pred`` (positive in a miss, negative in a false area; ``models.clicking.error_click``,
+    the annotator the click model is trained with); None without error."""
     from explain.clicks import Click
+    from models.clicking import error_click
 
-    best = None
-    for positive, error in ((True, truth & ~pred), (False, pred & ~truth)):
-        if not error.any():
-            continue
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(error.view(np.uint8), connectivity=8)
-        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        area = int(stats[largest, cv2.CC_STAT_AREA])
-        if best is None or area > best[0]:
-            best = (area, positive, labels == largest)
-    if best is None:
+    point = error_click(pred, truth)
+    if point is None:
         return None
-    _, positive, region = best
-    # pad so that the image's edge is not taken for the region's border
-    distance = cv2.distanceTransform(np.pad(region, 1).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    row, col, positive = point
     return Click(col + 0.5, row + 0.5, positive)
 
 
@@ -140,8 +132,72 @@ def evidence_of(model_path: Path, roi_path: Path, items: list[dict]) -> list[dic
         _, evidence = prelabeler.click_evidence(np.asarray(image, np.float32), output, wanted)
         heat = cv2.resize(evidence.heat, (output.roi_map.shape[1], output.roi_map.shape[0]), interpolation=cv2.INTER_AREA)
         out.append({"evidence": evidence, "truth": it["truth"], "prelabel": mask, "image": image,
-                    "heat": heat, "roi_map": output.roi_map})
+                    "heat": heat, "roi_map": output.roi_map, "item": it})
     return out
+
+
+# ---------------------------------------------------------------- the click model (a learnt candidate)
+
+CLICK_FOLDS = 3  # val: each case answered by a click model trained on the other folds' patients
+CLICK_STEPS = 600  # training steps of batch 8 per click model (epochs = CLICK_STEPS / steps per epoch)
+CLICK_SIZE = 128
+
+
+def click_model(cases: list[dict], name: str, seed: int, steps: int = CLICK_STEPS) -> dict:
+    """A click model trained by ``labeler train-segmenter --clicks`` on the cases' images and truths
+    (a pairs folder of links and written masks), cached by the cases' ids: {"path", "command"}."""
+    import hashlib
+
+    ids = sorted(str(c["item"]["id"]) for c in cases)
+    key = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
+    epochs = -(-steps // -(-len(cases) // 8))
+    out = prelabel_quality.CACHE / "clickers" / f"{name}-{key}-{epochs}ep-seed{seed}.keras"
+    pairs = out.with_suffix(".pairs")
+    command = [str(cam_quality.LABELER), "train-segmenter", str(pairs), "--out", str(out), "--clicks", "--label", "lesion",
+               "--size", str(CLICK_SIZE), "--epochs", str(epochs), "--val-fraction", "0", "--seed", str(seed)]
+    shown = f"labeler train-segmenter PAIRS --out M.keras --clicks --label lesion --size {CLICK_SIZE} --epochs {epochs} --val-fraction 0 --seed {seed}"
+    if not out.is_file():
+        for case in cases:
+            stem = str(case["item"]["id"])
+            (pairs / "images").mkdir(parents=True, exist_ok=True)
+            (pairs / "masks").mkdir(parents=True, exist_ok=True)
+            link = pairs / "images" / f"{stem}{Path(case['item']['image']).suffix}"
+            if not link.exists():
+                link.symlink_to(Path(case["item"]["image"]).resolve())
+            cv2.imwrite(str(pairs / "masks" / f"{stem}.png"), np.uint8(case["truth"]) * 255)
+        print("$", " ".join(command), file=sys.stderr, flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return {"path": out, "command": shown}
+
+
+def with_click_models(cases: dict[str, list[dict]], name: str, seed: int, steps: int = CLICK_STEPS) -> dict[str, str]:
+    """Bind a click model to every case's evidence (``Evidence.clicker``), never one trained on its own
+    patient: val cases get the model of the other val folds (patient-level, seeded), test cases the model
+    trained on all val cases. Returns how they were trained."""
+    import dataclasses
+
+    from models.clicking import Clicker
+    from models.loading import load_model
+
+    loaded: dict[Path, Clicker] = {}
+
+    def bind(case, model):
+        if model["path"] not in loaded:
+            loaded[model["path"]] = Clicker(load_model(model["path"], kind="clicker"))
+        clicker = loaded[model["path"]]
+        case["evidence"] = dataclasses.replace(case["evidence"], clicker=clicker.on(case["evidence"].gray))
+
+    patients = sorted({str(c["item"]["patient"]) for c in cases["val"]})
+    order = list(np.random.default_rng(seed).permutation(patients))
+    folds = [set(order[i::CLICK_FOLDS]) for i in range(CLICK_FOLDS)]
+    for k, fold in enumerate(folds):
+        model = click_model([c for c in cases["val"] if str(c["item"]["patient"]) not in fold], f"{name}-val-fold{k}", seed, steps)
+        for case in (c for c in cases["val"] if str(c["item"]["patient"]) in fold):
+            bind(case, model)
+    model = click_model(cases["val"], f"{name}-val", seed, steps)
+    for case in cases["test"]:
+        bind(case, model)
+    return {"command": model["command"], "folds": CLICK_FOLDS}
 
 
 def run_split(cases: list[dict], methods) -> dict:
@@ -172,6 +228,8 @@ def latency(cases: list[dict], methods) -> dict:
     clicks placed by the simulated annotator. Each answer includes what the backend then sends
     (``mask_results``: the brush RLE and the polygons, as JSON). The models' forward passes (once
     per image, cached by the backend) and the HTTP round trip are not included."""
+    import dataclasses
+
     from explain.anatomy import PriorSettings, roi_mask
     from explain.clicks import Evidence, segment
     from explain.labelstudio.results import mask_results
@@ -190,6 +248,8 @@ def latency(cases: list[dict], methods) -> dict:
             truth = cv2.resize(c["truth"].astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
             started = time.perf_counter()
             evidence = Evidence.of(image, c["heat"], roi_mask(c["roi_map"], size, size, PriorSettings()))
+            if c["evidence"].clicker is not None:  # the click model bound to this image, as the backend binds it
+                evidence = dataclasses.replace(evidence, clicker=c["evidence"].clicker.clicker.on(evidence.gray))
             clicks = [next_click(np.zeros_like(truth), truth)]
             pred = answer(evidence, clicks, method)
             first.append(time.perf_counter() - started)
@@ -253,6 +313,12 @@ def report(runs: dict, timings: dict, args, seconds: float, chosen: str) -> str:
     head = "| method | Dice@1 | Dice@3 | Dice@5 | NoC@0.80 | NoC@0.85 | reached 0.85 |"
     for key, run in runs.items():
         lines += [f"### {run['title']}", "", run["note"], ""]
+        if "clicker" in run:
+            lines += [f"*click_model*: a click-conditioned U-Net (`models.clicking`, the image and the clicks, no map) "
+                      f"trained by `{run['clicker']['command']}` on the VAL lesion masks, as the annotator above clicks "
+                      f"(its own previous answers in the loop). Val: each image answered by a model trained on the other "
+                      f"{run['clicker']['folds'] - 1} of {run['clicker']['folds']} val folds (patient-level, seeded: "
+                      "cross-validation, never its own patient); test: the model trained on all val images.", ""]
         for split in ("val", "test"):
             r = run[split]
             lines += [f"{split.capitalize()} ({r['n']} lesion images, mean lesion {r['pixels']:.0f} px):", "", head,
@@ -306,6 +372,9 @@ def main(argv=None) -> None:
         for split, items in splits.items():
             cases[split] = evidence_of(model["path"], roi["path"], thin(items))
             print(f"[real {split}] {len(cases[split])} images, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        if "click_model" in methods:
+            run["clicker"] = with_click_models(cases, "real", args.seed, CLICK_STEPS // 10 if args.quick else CLICK_STEPS)
+        for split in splits:
             run[split] = run_split(cases[split], methods)
         runs["real"] = run
         timings = latency(cases["val"][: 2 if args.quick else LATENCY_IMAGES], methods)
@@ -316,11 +385,15 @@ def main(argv=None) -> None:
         every = 8 if args.quick else BENCH_EVERY
         run = {"title": f"(b) lesion bench, strength 5 (cam_quality's val and test splits, every {'second' if every == 2 else f'{every}th'} lesion image)",
                "note": f"cam_quality's classifier `{trained['command']}`; prelabel_quality's bench lung ROI model."}
+        cases_b = {}
         for split, items in prelabel_quality.bench_items(5.0, args.seed).items():
             lesions = [it for it in items if it["label"] == "opacity"][::every]
-            cases_b = evidence_of(trained["path"], roi["path"], lesions)
-            print(f"[bench {split}] {len(cases_b)} images, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-            run[split] = run_split(cases_b, methods)
+            cases_b[split] = evidence_of(trained["path"], roi["path"], lesions)
+            print(f"[bench {split}] {len(cases_b[split])} images, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        if "click_model" in methods:
+            run["clicker"] = with_click_models(cases_b, "bench5", args.seed, CLICK_STEPS // 10 if args.quick else CLICK_STEPS)
+        for split in cases_b:
+            run[split] = run_split(cases_b[split], methods)
         runs["bench5"] = run
     chosen = choose(runs["real"]["val"]) if "real" in runs else "–"
     text = report(runs, timings, args, time.perf_counter() - started, chosen)

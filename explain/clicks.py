@@ -60,11 +60,14 @@ class Evidence:
     heat : (H, W) float32 in [0, 1], the lesion map (the segmenter's map, else the class map)
         resized to the image.
     roi : (H, W) bool or None, the lungs when the anatomy prior is active.
+    clicker : None, or a click model bound to this image (``models.clicking.ImageClicks``): clicks
+        as (x, y, positive) in the image's pixel frame -> (H, W) float lesion probability.
     """
 
     gray: np.ndarray
     heat: np.ndarray
     roi: np.ndarray | None = None
+    clicker: Callable[[Sequence[tuple[float, float, bool]]], np.ndarray] | None = None
 
     @classmethod
     def of(cls, image: np.ndarray, heatmap: np.ndarray, roi: np.ndarray | None = None) -> "Evidence":
@@ -295,9 +298,14 @@ def _kept(mask: np.ndarray, seeds: _Seeds) -> np.ndarray:
 
 def _upscale(evidence: Evidence, small: _Small, mask: np.ndarray, clicks) -> np.ndarray:
     """A working-size answer -> (H, W) bool, outside the roi only around positive clicks placed outside it."""
-    full = evidence.shape
     if small.scale < 1:
-        mask = cv2.resize(mask.astype(np.float32), full[::-1], interpolation=cv2.INTER_LINEAR) >= 0.5
+        mask = cv2.resize(mask.astype(np.float32), evidence.shape[::-1], interpolation=cv2.INTER_LINEAR) >= 0.5
+    return _confined(evidence, mask, clicks)
+
+
+def _confined(evidence: Evidence, mask: np.ndarray, clicks) -> np.ndarray:
+    """(H, W) bool ``mask`` inside the roi, and outside it only around positive clicks placed outside it."""
+    full = evidence.shape
     allowed = np.ones(full, bool) if evidence.roi is None else evidence.roi.copy()
     for click in clicks:
         row, col = click.pixel(full)
@@ -532,6 +540,25 @@ def _chained_walker(evidence: Evidence, clicks: Sequence[Click], boxes: Sequence
     return _upscale(evidence, small, mask, clicks)
 
 
+def _click_model(evidence: Evidence, clicks: Sequence[Click], boxes: Sequence[Box]) -> np.ndarray:
+    """The click model's answer (``Evidence.clicker``, trained on corrected masks by ``labeler
+    train-segmenter --clicks``) where its probability is at least 0.5, confined to the roi as the other
+    methods are. A box counts as a click at its centre, and a positive box also bounds the answer."""
+    if evidence.clicker is None:
+        raise ValueError("the click_model method needs a click model (CLICK_MODEL: `labeler train-segmenter --clicks`)")
+    points = [(c.x, c.y, c.positive) for c in clicks] + [(b.x + b.width / 2, b.y + b.height / 2, b.positive) for b in boxes]
+    if not any(positive for _, _, positive in points):
+        return np.zeros(evidence.shape, bool)
+    mask = np.asarray(evidence.clicker(points)) >= 0.5
+    positive_boxes = [b.slices(evidence.shape) for b in boxes if b.positive]
+    if positive_boxes:
+        inside = np.zeros(evidence.shape, bool)
+        for rows, cols in positive_boxes:
+            inside[rows, cols] = True
+        mask &= inside
+    return _confined(evidence, mask, clicks)
+
+
 METHODS: dict[str, Method] = {
     "threshold": _threshold,
     "region_growing": _region_growing,
@@ -540,6 +567,7 @@ METHODS: dict[str, Method] = {
     "geodesic": _geodesic,
     "scaled_walker": _scaled_walker,
     "chained_walker": _chained_walker,
+    "click_model": _click_model,
 }
 # Chosen by benchmarks/clicks.py on the REAL lesion masks' VALIDATION split: the lowest NoC@0.85
 # (tie: Dice@3) of the methods above (BENCHMARKS.md, "Click to segment"); test never chose.

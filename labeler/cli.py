@@ -265,11 +265,13 @@ def train_segmenter(
     seed: Annotated[int, typer.Option()] = 0,
     label: Annotated[str, typer.Option(help="The label of a pairs folder's masks (an export names its own).")] = "Lungs",
     val_fraction: Annotated[
-        Optional[float], typer.Option(help="Images held out (seeded) to validate: default 0.2 of a pairs folder, 0.15 of an export without a val split.")
+        Optional[float], typer.Option(help="Images held out (seeded) to validate: default 0.2 of a pairs folder, 0.15 of an export without a val split; 0: none (the last epoch is kept).")
     ] = None,
+    clicks: Annotated[bool, typer.Option("--clicks", help="Train a click model (CLICK_MODEL): it answers an annotator's clicks from the image, learnt by simulating them.")] = False,
 ):
     """Train a U-Net on the corrected masks of an export's train split (its val split validates), or
-    on a folder of image / mask pairs, e.g. lung masks for the anatomy prior (--roi-model)."""
+    on a folder of image / mask pairs, e.g. lung masks for the anatomy prior (--roi-model); with
+    --clicks, a click model for click-to-segment."""
     from labeler.segmenting import train_on_export
 
     try:
@@ -279,14 +281,15 @@ def train_segmenter(
     result = train_on_export(
         export_dir, out, size=size, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         filters=levels, seed=seed, augment=augment, max_tasks=max_tasks, verbose=1 if sys.stdout.isatty() else 2,
-        label=label, val_fraction=val_fraction,
+        label=label, val_fraction=val_fraction, clicks=clicks,
     )
     report = result.report
     val = "n/a" if report.val_dice is None else f"{report.val_dice:.3f}"
+    scores = (f"train loss {report.train_loss:.3f}, validation Dice over 1-5 simulated clicks {val}" if clicks
+              else f"train Dice {report.train_dice:.3f}, validation Dice {val}")
     console.print(
         f"saved {out} (version {result.version}; labels {', '.join(result.labels)}; {result.train_tasks} train / "
-        f"{result.val_tasks} val tasks), epoch {report.best_epoch} of {report.epochs}: "
-        f"train Dice {report.train_dice:.3f}, validation Dice {val}"
+        f"{result.val_tasks} val tasks), epoch {report.best_epoch} of {report.epochs}: {scores}"
     )
 
 

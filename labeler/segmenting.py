@@ -244,9 +244,11 @@ def train_on_export(
     export_dir: Path, out: Path, *, size: int = 128, epochs: int = 30, batch_size: int = 8,
     learning_rate: float = 1e-3, filters: tuple[int, ...] = (16, 32, 64, 128), seed: int = 0,
     augment: bool = True, val_fraction: float | None = None, max_tasks: int | None = None, verbose: int = 2,
-    label: str = "Lungs",
+    label: str = "Lungs", clicks: bool = False,
 ) -> SegmenterTraining:
-    """Train a U-Net on the export's train split and save it (with its spec) to ``out``.
+    """Train a U-Net on the export's train split and save it (with its spec) to ``out``; with
+    ``clicks``, a clicker (``models.clicking``) on the union of the export's labels, which answers
+    an annotator's clicks.
 
     Validation uses the export's val split, or, when it is empty, ``val_fraction`` (default 0.15)
     of the train tasks; the test split is never read. ``max_tasks`` trains on a seeded subset of
@@ -259,8 +261,8 @@ def train_on_export(
 
     if out.suffix not in (".keras", ".h5"):
         raise ValueError(f"--out must end in .keras or .h5, got {out.name!r}")
-    if val_fraction is not None and not 0 < val_fraction < 1:
-        raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction!r}")
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction!r}")
     export = is_export(export_dir)
     if export:
         train = read_split(export_dir, "train")
@@ -277,13 +279,22 @@ def train_on_export(
     val = read_split(export_dir, "val") if export else None
     if val is not None and val.rows:
         val_images, val_masks = resized_pairs(val, (size, size))
+    elif val_fraction == 0:
+        val_images, val_masks = images[:0], masks[:0]
     else:
         default = 0.15 if export else 0.2
         fit, held = carve_validation(len(images), default if val_fraction is None else val_fraction, seed)
         images, masks, val_images, val_masks = images[fit], masks[fit], images[held], masks[held]
-    model, spec, report = fit_unet(
-        train.labels, images, masks, val_images, val_masks, size=size, filters=filters, epochs=epochs,
-        batch_size=batch_size, learning_rate=learning_rate, seed=seed, augment=augment, verbose=verbose,
-    )
+    options = dict(size=size, filters=filters, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                   seed=seed, augment=augment, verbose=verbose)
+    if clicks:
+        from models.clicking import fit_clicker
+
+        labels = [train.labels[0] if len(train.labels) == 1 else "lesion"]
+        union = lambda m: m.max(axis=-1, keepdims=True)  # noqa: E731
+        model, spec, report = fit_clicker(images, union(masks), val_images, union(val_masks), label=labels[0], **options)
+    else:
+        labels = list(train.labels)
+        model, spec, report = fit_unet(labels, images, masks, val_images, val_masks, **options)
     save_model(model, spec, out)
-    return SegmenterTraining(report, weights_version(model), len(images), len(val_images), list(train.labels))
+    return SegmenterTraining(report, weights_version(model), len(images), len(val_images), labels)

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 SCALINGS = ("unit", "symmetric", "raw")
-KINDS = ("classifier", "segmenter")
+KINDS = ("classifier", "segmenter", "clicker")
+#: A clicker's inputs beyond the image's channels: positive clicks, negative clicks, previous answer.
+CLICK_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,9 @@ class ModelSpec:
         v / 127.5 - 1 (Keras' InceptionV3 preprocess_input), "raw" v unchanged.
     class_names : one name per output unit (a segmenter: per output channel, its label), in order.
     target_layer : layer used for Grad-CAM; None finds the last layer with a 4-D output.
-    kind : "classifier" (output (N, classes) probabilities) or "segmenter" (output (N, H, W, labels)
-        per-pixel probabilities at ``input_size``).
+    kind : "classifier" (output (N, classes) probabilities), "segmenter" (output (N, H, W, labels)
+        per-pixel probabilities at ``input_size``) or "clicker" (a segmenter whose input carries
+        ``CLICK_CHANNELS`` more channels after the image's: ``models.clicking``).
     """
 
     input_size: tuple[int, int]
@@ -52,6 +55,11 @@ class ModelSpec:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the model's input: the image's, plus the click channels of a clicker."""
+        return self.channels + (CLICK_CHANNELS if self.kind == "clicker" else 0)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """Model input from images already resized to ``input_size``.

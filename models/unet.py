@@ -20,18 +20,21 @@ def build_unet(
     channels: int = 1,
     filters: tuple[int, ...] = (16, 32, 64, 128),
     dropout: float = 0.1,
+    kind: str = "segmenter",
 ) -> tuple[keras.Model, ModelSpec]:
     """U-Net (Ronneberger et al. 2015) with batch norm: ``len(filters) - 1`` down/up levels.
 
     Input (N, H, W, channels) scaled to [0, 1]; output (N, H, W, len(labels)) sigmoid
     probabilities, one independent channel per label (labels may overlap). H and W must be
-    divisible by 2 ** (len(filters) - 1).
+    divisible by 2 ** (len(filters) - 1). ``kind`` "clicker": the input carries the click channels
+    after the image's (``ModelSpec.input_channels``: ``models.clicking``).
     """
     height, width = input_size
     levels = len(filters) - 1
     if levels < 1 or height % 2**levels or width % 2**levels:
         raise ValueError(f"input_size {input_size} must be divisible by {2 ** max(levels, 1)} for {len(filters)} filter levels")
-    inputs = keras.Input((height, width, channels), name="image")
+    spec = ModelSpec(input_size=(height, width), class_names=tuple(labels), channels=channels, kind=kind)
+    inputs = keras.Input((height, width, spec.input_channels), name="image")
     skips, x = [], inputs
     for level, n in enumerate(filters[:-1]):
         x = _conv_block(x, n, f"down{level + 1}")
@@ -48,5 +51,4 @@ def build_unet(
     prior = keras.initializers.Constant(-4.6)
     outputs = keras.layers.Conv2D(len(labels), 1, activation="sigmoid", bias_initializer=prior, name="masks")(x)
     model = keras.Model(inputs, outputs, name="unet")
-    spec = ModelSpec(input_size=(height, width), class_names=tuple(labels), channels=channels, kind="segmenter")
     return model, spec

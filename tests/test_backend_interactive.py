@@ -178,3 +178,53 @@ def test_click_method_setting_chooses_how_clicks_become_a_mask(tmp_path, model_p
         assert answer.status_code == 200, answer.json
         assert brush_mask(answer.json["results"][0]["result"], 80, 60)[15, 50]
     assert used == ["threshold", "region_growing"]
+
+
+@pytest.fixture(scope="module")
+def click_model_path(tmp_path_factory):
+    """A tiny real clicker (`labeler train-segmenter --clicks` trains the same kind), trained just enough
+    to answer a non-empty mask."""
+    from models.clicking import fit_clicker
+    from models.loading import save_model
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((6, 32, 32, 1), np.uint8)
+    masks[:, 8:20, 10:24] = 1
+    model, spec, _ = fit_clicker(images, masks, None, None, size=32, filters=(4, 8), epochs=20, learning_rate=1e-2, verbose=0)
+    return save_model(model, spec, tmp_path_factory.mktemp("clicker") / "clicker.keras")
+
+
+def test_click_model_setting_answers_with_the_click_model_bound_to_the_image(
+    tmp_path, model_path, documents, click_model_path, monkeypatch,  # noqa: F811
+):
+    """CLICK_MODEL makes click_model the default method; the model is bound to the image's cached
+    evidence, so that each later click costs one forward pass of it and none of the classifier; the
+    answer is the model's own mask. A click_model without CLICK_MODEL, or a CLICK_MODEL that is no
+    clicker, is refused at start-up naming the setting."""
+    from backend.config import Settings
+
+    env = {"MODEL_PATH": "m.keras", "CLICK_MODEL": str(click_model_path)}
+    assert Settings.from_env(env).click_method == "click_model"
+    assert Settings.from_env({**env, "CLICK_METHOD": "grabcut"}).click_method == "grabcut"
+    with pytest.raises(ValueError, match="CLICK_METHOD is click_model, but CLICK_MODEL is not set"):
+        Settings.from_env({"MODEL_PATH": "m.keras", "CLICK_METHOD": "click_model"})
+    with pytest.raises(ValueError, match="CLICK_MODEL: cnn.keras is a classifier, not a clicker"):
+        create_app(make_settings(tmp_path, model_path, documents, click_model_path=model_path, click_method="click_model"))
+    app = create_app(make_settings(tmp_path, model_path, documents, click_model_path=click_model_path, click_method="click_model"))
+    classifier_calls = counting(monkeypatch, app)
+    client = app.test_client()
+    first = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25)]}))
+    assert first.status_code == 200, first.json
+    [(_, evidence)] = app.config["BACKEND"].clicks.cache._entries.values()
+    answers = evidence.clicker
+    model_calls, forward = [], answers.clicker._forward
+    monkeypatch.setattr(answers.clicker, "_forward", lambda x: model_calls.append(1) or forward(x))
+    calls_before = len(classifier_calls)
+    clicks = {"result": [keypoint(62.5, 25), keypoint(20, 80, positive=False)]}
+    second = client.post("/predict", json=click_body(clicks))
+    assert second.status_code == 200, second.json
+    assert len(model_calls) == 1 and len(classifier_calls) == calls_before
+    expected = answers([(50.0, 15.0, True), (16.0, 48.0, False)]) >= 0.5
+    assert expected.any()
+    assert np.array_equal(brush_mask(second.json["results"][0]["result"], 80, 60), expected)

@@ -185,6 +185,33 @@ def test_train_and_evaluate_segmenter_commands_on_an_export(export_dir, tmp_path
     assert f"{segmenter_dice:.3f}" in evaluated.output
 
 
+def test_train_segmenter_clicks_trains_a_click_model_on_the_export(export_dir, tmp_path):
+    """--clicks: a clicker (models.clicking) on the export's train split, kept by its val split's Dice
+    over simulated clicks; it answers a click on a validation lesion where the lesion is."""
+    from models.clicking import Clicker
+    from models.loading import load_model
+
+    model_file = tmp_path / "clicker.keras"
+    trained = invoke("train-segmenter", export_dir, "--out", model_file, "--clicks", "--size", SIZE, "--epochs", 80,
+                     "--filters", ",".join(map(str, FILTERS)), "--batch-size", 4, "--learning-rate", 0.003)
+    assert trained.exit_code == 0, trained.output
+    assert "labels Opacity" in trained.output and "validation Dice over 1-5 simulated clicks" in trained.output
+    loaded = load_model(model_file, kind="clicker")
+    assert loaded.spec.input_size == (SIZE, SIZE) and loaded.spec.input_channels == 4 and loaded.version in trained.output
+    clicker = Clicker(loaded)
+    manifest = [r for r in csv.DictReader(open(export_dir / "manifest.csv")) if r["split"] == "val"]
+    scores = []
+    for row in manifest:
+        mask = cv2.imread(str(export_dir / "masks" / f"{row['task_id']}.png"), cv2.IMREAD_UNCHANGED) == 1
+        if not mask.any():
+            continue
+        image = cv2.imread(str(export_dir / row["image_file"]), cv2.IMREAD_GRAYSCALE) / 255.0
+        rows, cols = np.nonzero(mask)
+        answer = clicker.on(image)([(cols.mean() + 0.5, rows.mean() + 0.5, True)]) >= 0.5
+        scores.append(2 * (answer & mask).sum() / (answer.sum() + mask.sum()))
+    assert scores and np.mean(scores) > 0.5, scores
+
+
 def test_segmenter_commands_name_bad_input_in_one_line(export_dir, tmp_path):
     not_export = invoke("train-segmenter", tmp_path, "--out", tmp_path / "m.keras")
     assert not_export.exit_code == 2 and "neither a `labeler export --format png` folder (manifest.csv)" in not_export.output
@@ -192,11 +219,13 @@ def test_segmenter_commands_name_bad_input_in_one_line(export_dir, tmp_path):
     assert bad_suffix.exit_code == 2 and "--out must end in .keras or .h5" in bad_suffix.output
     bad_filters = invoke("train-segmenter", export_dir, "--out", tmp_path / "m.keras", "--filters", "8,x")
     assert bad_filters.exit_code == 2 and "--filters" in bad_filters.output
+    bad_fraction = invoke("train-segmenter", export_dir, "--out", tmp_path / "m.keras", "--val-fraction", 1)
+    assert bad_fraction.exit_code == 2 and "--val-fraction must be in [0, 1), got 1.0" in bad_fraction.output
     model, spec = build_small_cnn(("clear", "opacity"), (SIZE, SIZE), filters=(4, 8))
     classifier = save_model(model, spec, tmp_path / "cnn.keras")
     wrong_kind = invoke("evaluate-segmenter", classifier, export_dir)
     assert wrong_kind.exit_code == 2 and "is a classifier" in wrong_kind.output
-    for result in (not_export, bad_suffix, bad_filters, wrong_kind):
+    for result in (not_export, bad_suffix, bad_filters, bad_fraction, wrong_kind):
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
