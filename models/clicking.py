@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.loading import LoadedModel
-from models.segmentation import _joint_augmentation, bce_dice_loss
+from models.segmentation import bce_dice_loss, joint_augmentation
 from models.spec import ModelSpec
 
 Point = tuple[int, int, bool]  # (row, col, positive) in the model's input frame
@@ -111,7 +111,7 @@ def train_clicker(
                          f"got {images.shape} and {masks.shape}")
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    jitter = _joint_augmentation(seed) if augment else None
+    augmentation = joint_augmentation(seed) if augment else None
     optimizer = keras.optimizers.Adam(learning_rate)
     forward = tf.function(lambda x: model(x, training=False))
 
@@ -125,8 +125,8 @@ def train_clicker(
     def batch(indices):
         x = images[indices].astype(np.float32)
         y = masks[indices].astype(np.float32)
-        if jitter is not None:
-            stacked = np.asarray(jitter(np.concatenate([x, y * 255.0], -1), training=True))
+        if augmentation is not None:
+            stacked = np.asarray(augmentation(np.concatenate([x, y * 255.0], -1), training=True))
             x, y = stacked[..., :3], (stacked[..., 3:] > 127.5).astype(np.float32)
         return [_gray(im) for im in x], y
 

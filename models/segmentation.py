@@ -48,7 +48,7 @@ def hard_dice(truth, predicted):
     return tf.reduce_mean(tf.where(total > 0, 2.0 * overlap / tf.maximum(total, 1.0), 1.0))
 
 
-def _joint_augmentation(seed: int) -> keras.Sequential:
+def joint_augmentation(seed: int) -> keras.Sequential:
     """The same random rotation, zoom and shift for an image and its masks (stacked as channels)."""
     return keras.Sequential(
         [
@@ -87,7 +87,7 @@ def train_segmenter(
     if val_images is not None and len(val_images):
         validation = _check_pair(spec, val_images, val_masks, "val_")
     keras.utils.set_random_seed(seed)
-    jitter = _joint_augmentation(seed) if augment else None
+    jitter = joint_augmentation(seed) if augment else None
     contrast = keras.layers.RandomContrast(0.2, seed=seed) if augment else None
     labels = masks.shape[-1]
 
