@@ -576,4 +576,7 @@ METHODS: dict[str, Method] = {
 # lesion-class map); per image 14 of 30 need fewer clicks than with scaled_walker, 2 more. Tried there and
 # not kept (helper F): walkers on SLIC superpixels 9.1-14.9, a geodesic Voronoi of the lung 17.2, editing the
 # previous answer with discs or signed-distance bumps 10.7-15.9, GrabCut from scaled seeds 9.3-10.1.
+# Rerun 2026-12-01 on an Intel Xeon (numerics differ): chained_walker 8.33 against click_model 8.50 (3-fold
+# cross-validated on the val patients; also tried: its answer with the click discs forced 8.9 / 12.3, only
+# the parts a positive click touches 8.43, trained with up to 10 chained clicks 8.97), scaled_walker 8.70.
 DEFAULT_METHOD = "chained_walker"

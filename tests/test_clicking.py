@@ -79,6 +79,7 @@ def test_the_simulated_annotator_clicks_the_centre_of_the_largest_error_with_its
     assert len(jittered) > 1 and all(truth[r, c] for r, c in jittered)
 
 
+@pytest.mark.train
 def test_a_trained_clicker_outlines_the_disc_that_was_clicked_not_the_other(trained):
     """Three clicks of the simulated annotator on one of two alike discs: the answer is that disc."""
     loaded, report = trained
@@ -104,6 +105,7 @@ def test_a_trained_clicker_outlines_the_disc_that_was_clicked_not_the_other(trai
     assert np.mean(hits) >= 0.8, hits
 
 
+@pytest.mark.train
 def test_answers_are_kept_per_click_sequence_so_each_new_click_costs_one_forward_pass(trained, monkeypatch):
     loaded, _ = trained
     clicker = Clicker(loaded)
