@@ -187,8 +187,8 @@ def test_train_and_evaluate_segmenter_commands_on_an_export(export_dir, tmp_path
 
 def test_train_segmenter_clicks_trains_a_click_model_on_the_export(export_dir, tmp_path):
     """--clicks: a clicker (models.clicking) on the export's train split, kept by its val split's Dice
-    over simulated clicks; it answers a click on a validation lesion where the lesion is."""
-    from models.clicking import Clicker
+    over simulated clicks; three clicks of the simulated annotator on a validation lesion outline it."""
+    from models.clicking import Clicker, error_click
     from models.loading import load_model
 
     model_file = tmp_path / "clicker.keras"
@@ -205,9 +205,14 @@ def test_train_segmenter_clicks_trains_a_click_model_on_the_export(export_dir, t
         mask = cv2.imread(str(export_dir / "masks" / f"{row['task_id']}.png"), cv2.IMREAD_UNCHANGED) == 1
         if not mask.any():
             continue
-        image = cv2.imread(str(export_dir / row["image_file"]), cv2.IMREAD_GRAYSCALE) / 255.0
-        rows, cols = np.nonzero(mask)
-        answer = clicker.on(image)([(cols.mean() + 0.5, rows.mean() + 0.5, True)]) >= 0.5
+        answers = clicker.on(cv2.imread(str(export_dir / row["image_file"]), cv2.IMREAD_GRAYSCALE) / 255.0)
+        answer, points = np.zeros_like(mask), []
+        for _ in range(3):
+            point = error_click(answer, mask)
+            if point is None:
+                break
+            points.append((point[1] + 0.5, point[0] + 0.5, point[2]))
+            answer = answers(points) >= 0.5
         scores.append(2 * (answer & mask).sum() / (answer.sum() + mask.sum()))
     assert scores and np.mean(scores) > 0.5, scores
 
