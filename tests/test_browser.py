@@ -254,12 +254,16 @@ def test_one_click_of_the_smart_keypoint_draws_the_backends_mask_over_the_lesion
 
     log_in(browser, studio.url, studio.username, studio.password)
     browser.get(f"{studio.url}/projects/{project_id}/data?task={task.id}")
-    toggle = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=bottombar-auto-annotation-toggle]"),
-                  "no Auto-Annotation toggle: the project's smart tools or its interactive backend are not seen")[0]
+    toggle = "[data-testid=bottombar-auto-annotation-toggle]"
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, toggle),
+         "no Auto-Annotation toggle: the project's smart tools or its interactive backend are not seen")
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".lsf-image"), "the labelling view showed no image")
     assert not outliner_nodes(browser, "brush") and not coloured(browser).any()  # nothing drawn before the click
 
-    browser.execute_script("arguments[0].click()", toggle)  # Auto-Annotation on: the smart tools appear
+    # Auto-Annotation on: the smart tools appear (the toggle found afresh: the view may re-render meanwhile,
+    # and a stale element raises before any click, so that it is clicked once)
+    wait(browser, lambda d: d.execute_script("arguments[0].click(); return true", d.find_element(By.CSS_SELECTOR, toggle)),
+         "the Auto-Annotation toggle could not be clicked")
     group = wait(browser, lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, ".lsf-tool_smart")
                                      if t.get_attribute("aria-label") is None and t.is_displayed()],
                  "Auto-Annotation showed no smart tool group")[0]
