@@ -29,6 +29,19 @@ def two_blobs(rng):
     return rgb, picked[..., None], discs
 
 
+def answer_after_clicks(answers, truth: np.ndarray, clicks: int = 3) -> np.ndarray:
+    """(H, W) bool answer of one image's bound clicker (``Clicker.on``) after up to ``clicks`` clicks
+    of the simulated annotator (``error_click``) against the (H, W) bool truth."""
+    points, mask = [], np.zeros(truth.shape, bool)
+    for _ in range(clicks):
+        point = error_click(mask, truth)
+        if point is None:
+            break
+        points.append((point[1] + 0.5, point[0] + 0.5, point[2]))
+        mask = answers(points) >= 0.5
+    return mask
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A clicker trained on two-disc images where the truth is the disc clicked on, saved and loaded."""
@@ -92,13 +105,8 @@ def test_a_trained_clicker_outlines_the_disc_that_was_clicked_not_the_other(trai
         image, _, discs = two_blobs(rng)
         answers = clicker.on(image[..., 0] / 255.0)
         for clicked, other in (discs, discs[::-1]):
-            truth, points, mask = clicked > 0, [], np.zeros(clicked.shape, bool)
-            for _ in range(3):
-                point = error_click(mask, truth)
-                if point is None:
-                    break
-                points.append((point[1] + 0.5, point[0] + 0.5, point[2]))
-                mask = answers(points) >= 0.5
+            truth = clicked > 0
+            mask = answer_after_clicks(answers, truth)
             dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
             spilled = (mask & (other > 0)).sum() / other.sum()
             hits.append(dice > 0.7 and spilled < 0.2)

@@ -188,8 +188,9 @@ def test_train_and_evaluate_segmenter_commands_on_an_export(export_dir, tmp_path
 def test_train_segmenter_clicks_trains_a_click_model_on_the_export(export_dir, tmp_path):
     """--clicks: a clicker (models.clicking) on the export's train split, kept by its val split's Dice
     over simulated clicks; three clicks of the simulated annotator on a validation lesion outline it."""
-    from models.clicking import Clicker, error_click
+    from models.clicking import Clicker
     from models.loading import load_model
+    from test_clicking import answer_after_clicks
 
     model_file = tmp_path / "clicker.keras"
     trained = invoke("train-segmenter", export_dir, "--out", model_file, "--clicks", "--size", SIZE, "--epochs", 80,
@@ -206,13 +207,7 @@ def test_train_segmenter_clicks_trains_a_click_model_on_the_export(export_dir, t
         if not mask.any():
             continue
         answers = clicker.on(cv2.imread(str(export_dir / row["image_file"]), cv2.IMREAD_GRAYSCALE) / 255.0)
-        answer, points = np.zeros_like(mask), []
-        for _ in range(3):
-            point = error_click(answer, mask)
-            if point is None:
-                break
-            points.append((point[1] + 0.5, point[0] + 0.5, point[2]))
-            answer = answers(points) >= 0.5
+        answer = answer_after_clicks(answers, mask)
         scores.append(2 * (answer & mask).sum() / (answer.sum() + mask.sum()))
     assert scores and np.mean(scores) > 0.5, scores
 
