@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from db.identity import label_studio_identity
-from explain.clicks import DEFAULT_METHOD as DEFAULT_CLICK_METHOD, METHODS as CLICK_METHODS
+from explain.clicks import CLICKER_DEFAULT_METHOD, DEFAULT_METHOD as DEFAULT_CLICK_METHOD, METHODS as CLICK_METHODS, NEEDS_CLICKER
 from explain.images import MAX_PIXELS
 from explain.shapes import shape_named
 from explain.sources import SOURCES
@@ -97,7 +97,7 @@ class Settings:
     roi_model_path: Path | None = None  # the anatomy prior's ROI model (a lung segmenter); None: no prior
     roi_margin: float = 0.03  # explain.anatomy.PriorSettings.margin
     click_method: str = DEFAULT_CLICK_METHOD  # how interactive clicks become a mask: explain.clicks.METHODS
-    click_model_path: Path | None = None  # a click model (`labeler train-segmenter --clicks`) for "click_model"
+    click_model_path: Path | None = None  # a click model (`labeler train-segmenter --clicks`): explain.clicks.NEEDS_CLICKER
     # Training on the corrected masks (backend.training): whether this process runs queued jobs,
     # train after every N new corrected annotations (0: only when asked), what a job needs and does.
     training: bool = False  # from_env: TRAINING, default 1 (Settings built in code, as tests do, run no jobs unless asked)
@@ -159,7 +159,7 @@ class Settings:
             project_sources=_project_sources(env.get("PROJECT_PRELABEL_SOURCES", "")),
             roi_model_path=Path(roi_model) if roi_model else None,
             roi_margin=_fraction(env, "ROI_MARGIN", cls.roi_margin),
-            click_method=_click_method(env.get("CLICK_METHOD") or ("click_model" if click_model else cls.click_method)),
+            click_method=_click_method(env.get("CLICK_METHOD") or (CLICKER_DEFAULT_METHOD if click_model else cls.click_method)),
             click_model_path=Path(click_model) if click_model else None,
             training=_flag(env, "TRAINING", True),
             train_every=_count(env, "TRAIN_EVERY", cls.train_every),
@@ -171,8 +171,8 @@ class Settings:
         )
         if any(SOURCES[source].needs_segmenter for source in settings.sources) and settings.segmenter_path is None:
             raise ValueError("SEGMENTER_PATH is not set, but a project pre-labels from the segmenter")
-        if settings.click_method == "click_model" and settings.click_model_path is None:
-            raise ValueError("CLICK_METHOD is click_model, but CLICK_MODEL is not set (train one with `labeler train-segmenter --clicks`)")
+        if settings.click_method in NEEDS_CLICKER and settings.click_model_path is None:
+            raise ValueError(f"CLICK_METHOD is {settings.click_method}, but CLICK_MODEL is not set (train one with `labeler train-segmenter --clicks`)")
         return settings
 
 

@@ -272,14 +272,17 @@ def latency(cases: list[dict], methods) -> dict:
 # ---------------------------------------------------------------- report
 
 
-def choose(result: dict) -> str:
-    """Lowest NoC@0.85, tie (to 2 decimals): the higher Dice@3."""
-    scores = result["methods"]
-    return min(scores, key=lambda m: (round(scores[m]["noc@0.85"], 2), -scores[m]["dice@3"]))
+def choose(result: dict, clicker: bool = False) -> str | None:
+    """Lowest NoC@0.85, tie (to 2 decimals): the higher Dice@3; among the methods that need a click
+    model (``clicker``) or among the others (None when there is none)."""
+    from explain.clicks import NEEDS_CLICKER
+
+    scores = {m: r for m, r in result["methods"].items() if (m in NEEDS_CLICKER) == clicker}
+    return min(scores, key=lambda m: (round(scores[m]["noc@0.85"], 2), -scores[m]["dice@3"])) if scores else None
 
 
-def report(runs: dict, timings: dict, args, seconds: float, chosen: str) -> str:
-    from explain.clicks import DEFAULT_METHOD, WORK
+def report(runs: dict, timings: dict, args, seconds: float, chosen: tuple[str | None, str | None]) -> str:
+    from explain.clicks import CLICKER_DEFAULT_METHOD, DEFAULT_METHOD, WORK
 
     machine = hardware()
     command = f"python benchmarks/clicks.py --out {args.out}" + " --quick" * args.quick
@@ -308,8 +311,10 @@ def report(runs: dict, timings: dict, args, seconds: float, chosen: str) -> str:
         "fraction ((FP + FN) / truth pixels). Working sizes: " + ", ".join(f"{k} {v} px" for k, v in WORK.items())
         + "; `threshold` works at the image's size.",
         "",
-        f"**Default**: `{chosen}`, the lowest NoC@0.85 (tie: Dice@3) on the REAL VALIDATION split "
-        f"(`explain.clicks.DEFAULT_METHOD` is `{DEFAULT_METHOD}`). Test never chooses.",
+        f"**Default**: `{chosen[0]}` without a click model, the lowest NoC@0.85 (tie: Dice@3) on the REAL VALIDATION "
+        f"split (`explain.clicks.DEFAULT_METHOD` is `{DEFAULT_METHOD}`); with one (`CLICK_MODEL`), `{chosen[1]}`, the "
+        f"lowest of the methods that use it (`explain.clicks.CLICKER_DEFAULT_METHOD`, the backend's default when "
+        f"`CLICK_MODEL` is set, is `{CLICKER_DEFAULT_METHOD}`). Test never chooses.",
         "",
     ]
     head = "| method | Dice@1 | Dice@3 | Dice@5 | NoC@0.80 | NoC@0.85 | reached 0.85 |"
@@ -320,13 +325,15 @@ def report(runs: dict, timings: dict, args, seconds: float, chosen: str) -> str:
                       f"trained by `{run['clicker']['command']}` on the VAL lesion masks, as the annotator above clicks "
                       f"(its own previous answers in the loop). Val: each image answered by a model trained on the other "
                       f"{run['clicker']['folds'] - 1} of {run['clicker']['folds']} val folds (patient-level, seeded: "
-                      "cross-validation, never its own patient); test: the model trained on all val images.", ""]
+                      "cross-validation, never its own patient); test: the model trained on all val images. "
+                      "*guided_walker*: `chained_walker` with that click model's answer to the clicks so far as its map "
+                      "(in place of the class map).", ""]
         for split in ("val", "test"):
             r = run[split]
             lines += [f"{split.capitalize()} ({r['n']} lesion images, mean lesion {r['pixels']:.0f} px):", "", head,
                       "|---|---:|---:|---:|---:|---:|---:|"]
             for method, m in r["methods"].items():
-                b = "**" if method == chosen else ""
+                b = "**" if method in chosen else ""
                 lines.append(f"| {b}{method}{b} | {m['dice@1']:.3f} | {m['dice@3']:.3f} | {m['dice@5']:.3f} | "
                              f"{m['noc@0.80']:.2f} | {m['noc@0.85']:.2f} | {m['reached']:.2f} |")
             lines += ["", f"| baseline | Dice | edit fraction | pixels to paint |", "|---|---:|---:|---:|",
@@ -350,7 +357,7 @@ def report(runs: dict, timings: dict, args, seconds: float, chosen: str) -> str:
 
 
 def main(argv=None) -> None:
-    from explain.clicks import METHODS
+    from explain.clicks import METHODS, NEEDS_CLICKER
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write the section into")
@@ -374,7 +381,7 @@ def main(argv=None) -> None:
         for split, items in splits.items():
             cases[split] = evidence_of(model["path"], roi["path"], thin(items))
             print(f"[real {split}] {len(cases[split])} images, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-        if "click_model" in methods:
+        if NEEDS_CLICKER & set(methods):
             run["clicker"] = with_click_models(cases, "real", args.seed, CLICK_STEPS // 10 if args.quick else CLICK_STEPS)
         for split in splits:
             run[split] = run_split(cases[split], methods)
@@ -392,12 +399,12 @@ def main(argv=None) -> None:
             lesions = [it for it in items if it["label"] == "opacity"][::every]
             cases_b[split] = evidence_of(trained["path"], roi["path"], lesions)
             print(f"[bench {split}] {len(cases_b[split])} images, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-        if "click_model" in methods:
+        if NEEDS_CLICKER & set(methods):
             run["clicker"] = with_click_models(cases_b, "bench5", args.seed, CLICK_STEPS // 10 if args.quick else CLICK_STEPS)
         for split in cases_b:
             run[split] = run_split(cases_b[split], methods)
         runs["bench5"] = run
-    chosen = choose(runs["real"]["val"]) if "real" in runs else "–"
+    chosen = (choose(runs["real"]["val"]), choose(runs["real"]["val"], clicker=True)) if "real" in runs else ("–", "–")
     text = report(runs, timings, args, time.perf_counter() - started, chosen)
     print(text)
     write_section(args.out, *MARKERS, text)

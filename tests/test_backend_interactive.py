@@ -198,17 +198,18 @@ def click_model_path(tmp_path_factory):
 def test_click_model_setting_answers_with_the_click_model_bound_to_the_image(
     tmp_path, model_path, documents, click_model_path, monkeypatch,  # noqa: F811
 ):
-    """CLICK_MODEL makes click_model the default method; the model is bound to the image's cached
+    """CLICK_MODEL makes guided_walker the default method; the model is bound to the image's cached
     evidence, so that each later click costs one forward pass of it and none of the classifier; the
-    answer is the model's own mask. A click_model without CLICK_MODEL, or a CLICK_MODEL that is no
-    clicker, is refused at start-up naming the setting."""
+    answer of click_model is the model's own mask. A method that needs a click model without
+    CLICK_MODEL, or a CLICK_MODEL that is no clicker, is refused at start-up naming the setting."""
     from backend.config import Settings
 
     env = {"MODEL_PATH": "m.keras", "CLICK_MODEL": str(click_model_path)}
-    assert Settings.from_env(env).click_method == "click_model"
+    assert Settings.from_env(env).click_method == "guided_walker"
     assert Settings.from_env({**env, "CLICK_METHOD": "grabcut"}).click_method == "grabcut"
-    with pytest.raises(ValueError, match="CLICK_METHOD is click_model, but CLICK_MODEL is not set"):
-        Settings.from_env({"MODEL_PATH": "m.keras", "CLICK_METHOD": "click_model"})
+    for method in ("click_model", "guided_walker"):
+        with pytest.raises(ValueError, match=f"CLICK_METHOD is {method}, but CLICK_MODEL is not set"):
+            Settings.from_env({"MODEL_PATH": "m.keras", "CLICK_METHOD": method})
     with pytest.raises(ValueError, match="CLICK_MODEL: cnn.keras is a classifier, not a clicker"):
         create_app(make_settings(tmp_path, model_path, documents, click_model_path=model_path, click_method="click_model"))
     app = create_app(make_settings(tmp_path, model_path, documents, click_model_path=click_model_path, click_method="click_model"))
@@ -228,3 +229,24 @@ def test_click_model_setting_answers_with_the_click_model_bound_to_the_image(
     expected = answers([(50.0, 15.0, True), (16.0, 48.0, False)]) >= 0.5
     assert expected.any()
     assert np.array_equal(brush_mask(second.json["results"][0]["result"], 80, 60), expected)
+
+
+def test_guided_walker_asks_the_bound_click_model_once_per_click(
+    tmp_path, model_path, documents, click_model_path, monkeypatch,  # noqa: F811
+):
+    """guided_walker (CLICK_MODEL's default method): each later click is one forward pass of the click
+    model bound to the cached evidence, none of the classifier, and the answer holds the positive click."""
+    app = create_app(make_settings(tmp_path, model_path, documents, click_model_path=click_model_path, click_method="guided_walker"))
+    classifier_calls = counting(monkeypatch, app)
+    client = app.test_client()
+    first = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25)]}))
+    assert first.status_code == 200, first.json
+    [(_, evidence)] = app.config["BACKEND"].clicks.cache._entries.values()
+    model_calls, forward = [], evidence.clicker.clicker._forward
+    monkeypatch.setattr(evidence.clicker.clicker, "_forward", lambda x: model_calls.append(1) or forward(x))
+    calls_before = len(classifier_calls)
+    second = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25), keypoint(20, 80, positive=False)]}))
+    assert second.status_code == 200, second.json
+    assert len(model_calls) == 1 and len(classifier_calls) == calls_before
+    mask = brush_mask(second.json["results"][0]["result"], 80, 60)
+    assert mask[15, 50] and not mask[48, 16]

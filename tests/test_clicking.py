@@ -11,6 +11,10 @@ from models.clicking import CLICK_RADIUS, Clicker, brightness, click_input, erro
 from models.loading import load_model, save_model
 from models.spec import CLICK_CHANNELS, ModelSpec
 
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1)
+
 SIZE = 64
 
 
@@ -181,3 +185,30 @@ def test_click_model_answers_the_models_mask_confined_to_the_roi_and_boxes_as_ce
     without = Evidence(evidence.gray, evidence.heat, roi)
     with pytest.raises(ValueError, match="needs a click model .*CLICK_MODEL"):
         segment(without, [Click(40, 30)], method="click_model")
+
+
+def test_guided_walker_follows_the_models_answer_and_keeps_every_click():
+    """On a featureless image the walk has only the click model's answer to follow: the answer is the
+    model's rectangle (which chained_walker, following the empty class map, cannot find); each click
+    asks the model once, with the clicks so far; a click the model overlooks still holds its seed."""
+    shape = (120, 160)
+    rect = np.zeros(shape, bool)
+    rect[40:80, 30:130] = True
+    seen = []
+
+    def model(points):
+        seen.append(list(points))
+        return rect.astype(np.float32)
+
+    gray = (0.4 + np.random.default_rng(0).normal(0, 0.01, shape)).astype(np.float32)
+    evidence = Evidence(gray, np.zeros(shape, np.float32), None, clicker=model)
+    guided = segment(evidence, [Click(80, 60)], method="guided_walker")
+    assert dice(guided, rect) > 0.8
+    assert dice(segment(evidence, [Click(80, 60)], method="chained_walker"), rect) < 0.6
+    two = segment(evidence, [Click(80, 60), Click(20, 20)], method="guided_walker")
+    assert seen == [[(80, 60, True)], [(80, 60, True), (20, 20, True)]]  # the first answer is kept
+    assert two[20, 20] and two[60, 80]
+    blind = Evidence(gray, evidence.heat, None, clicker=lambda points: np.zeros(shape, np.float32))
+    assert segment(blind, [Click(80, 60)], method="guided_walker")[60, 80]
+    with pytest.raises(ValueError, match="needs a click model .*CLICK_MODEL"):
+        segment(Evidence(gray, evidence.heat), [Click(80, 60)], method="guided_walker")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explain.clicks import DEFAULT_METHOD, METHODS, Box, Click, Evidence, segment
+from explain.clicks import DEFAULT_METHOD, METHODS, NEEDS_CLICKER, Box, Click, Evidence, segment
 
-# click_model answers from a trained click model, not from the evidence alone: tests/test_clicking.py
-FROM_EVIDENCE = [name for name in METHODS if name != "click_model"]
+# click_model and guided_walker answer with a trained click model, not from the evidence alone: tests/test_clicking.py
+FROM_EVIDENCE = [name for name in METHODS if name not in NEEDS_CLICKER]
 SEEDED = [name for name in FROM_EVIDENCE if name != "threshold"]
 N = 256
 
