@@ -213,6 +213,16 @@ def test_click_model_setting_answers_with_the_click_model_bound_to_the_image(
     with pytest.raises(ValueError, match="CLICK_MODEL: cnn.keras is a classifier, not a clicker"):
         create_app(make_settings(tmp_path, model_path, documents, click_model_path=model_path, click_method="click_model"))
     app = create_app(make_settings(tmp_path, model_path, documents, click_model_path=click_model_path, click_method="click_model"))
+    mask, answers = second_click_on_one_forward(app, monkeypatch)
+    expected = answers([(50.0, 15.0, True), (16.0, 48.0, False)]) >= 0.5
+    assert expected.any()
+    assert np.array_equal(mask, expected)
+
+
+def second_click_on_one_forward(app, monkeypatch):
+    """A positive click at (50, 15) px, then that click and a negative one at (16, 48): asserts that
+    the second answer cost one forward pass of the click model bound to the cached evidence and none
+    of the classifier. Returns (the second answer's brush mask, the bound click model)."""
     classifier_calls = counting(monkeypatch, app)
     client = app.test_client()
     first = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25)]}))
@@ -222,13 +232,10 @@ def test_click_model_setting_answers_with_the_click_model_bound_to_the_image(
     model_calls, forward = [], answers.clicker._forward
     monkeypatch.setattr(answers.clicker, "_forward", lambda x: model_calls.append(1) or forward(x))
     calls_before = len(classifier_calls)
-    clicks = {"result": [keypoint(62.5, 25), keypoint(20, 80, positive=False)]}
-    second = client.post("/predict", json=click_body(clicks))
+    second = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25), keypoint(20, 80, positive=False)]}))
     assert second.status_code == 200, second.json
     assert len(model_calls) == 1 and len(classifier_calls) == calls_before
-    expected = answers([(50.0, 15.0, True), (16.0, 48.0, False)]) >= 0.5
-    assert expected.any()
-    assert np.array_equal(brush_mask(second.json["results"][0]["result"], 80, 60), expected)
+    return brush_mask(second.json["results"][0]["result"], 80, 60), answers
 
 
 def test_guided_walker_asks_the_bound_click_model_once_per_click(
@@ -237,16 +244,5 @@ def test_guided_walker_asks_the_bound_click_model_once_per_click(
     """guided_walker (CLICK_MODEL's default method): each later click is one forward pass of the click
     model bound to the cached evidence, none of the classifier, and the answer holds the positive click."""
     app = create_app(make_settings(tmp_path, model_path, documents, click_model_path=click_model_path, click_method="guided_walker"))
-    classifier_calls = counting(monkeypatch, app)
-    client = app.test_client()
-    first = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25)]}))
-    assert first.status_code == 200, first.json
-    [(_, evidence)] = app.config["BACKEND"].clicks.cache._entries.values()
-    model_calls, forward = [], evidence.clicker.clicker._forward
-    monkeypatch.setattr(evidence.clicker.clicker, "_forward", lambda x: model_calls.append(1) or forward(x))
-    calls_before = len(classifier_calls)
-    second = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25), keypoint(20, 80, positive=False)]}))
-    assert second.status_code == 200, second.json
-    assert len(model_calls) == 1 and len(classifier_calls) == calls_before
-    mask = brush_mask(second.json["results"][0]["result"], 80, 60)
+    mask, _ = second_click_on_one_forward(app, monkeypatch)
     assert mask[15, 50] and not mask[48, 16]
