@@ -17,8 +17,9 @@ of the largest connected error region of the current answer (the first: of the t
 miss, negative in a false area; up to ``MAX_CLICKS``. Reported per method and data set: mean Dice
 after 1, 3, 5 clicks, NoC@0.80 and NoC@0.85 (``MAX_CLICKS`` when never reached), beside drawing from
 scratch (edit fraction 1 by definition; its mean pixel count) and correcting the one-shot default
-pre-label (its Dice and ``models.agreement.edit_fraction``). The default method is the one with the
-lowest real VALIDATION NoC@0.85 (tie: Dice@3); test never chooses. Latency: 1024 x 1024.
+pre-label (its Dice and ``models.agreement.edit_fraction``). The default methods, without and with a
+click model (``explain.clicks.NEEDS_CLICKER``), are the ones with the lowest real VALIDATION NoC@0.85
+(tie: Dice@3) on each side; test never chooses. Latency: 1024 x 1024.
 
     python benchmarks/clicks.py --out BENCHMARKS.md [--quick]
 """
