@@ -28,6 +28,9 @@ Point = tuple[int, int, bool]  # (row, col, positive) in the model's input frame
 CLICK_RADIUS = 3 / 128  # a click's disc in the input, fraction of the input's longest side
 # training: up to CHAIN clicks answered by the model before the one it learns from. Real val (benchmarks/
 # clicks.py, 3-fold cross-validation on 30 images, 600 steps): CHAIN 4 / 10 -> NoC@0.85 8.50 / 8.97.
+# Also tried there (NoC@0.85 of click_model / guided_walker): 300 / 600 / 1200 training steps -> 13.83 / 8.50
+# / 13.30 and 8.57 / 7.27 / 7.83; the lung ROI, the class map or both as extra input channels (600 steps)
+# -> 8.40 / 9.97 / 9.73 and 7.27 / 7.83 / 7.63: the image alone kept (and no classifier ties it).
 CHAIN = 4
 JITTER = 0.3  # training: this share of clicks lands anywhere in the error's inner half, not its centre
 VAL_CLICKS = 5  # validation: mean Dice after 1 .. VAL_CLICKS simulated clicks
