@@ -32,7 +32,7 @@ from explain.service import PrelabelService
 log = logging.getLogger(__name__)
 
 CACHE_IMAGES = 32  # images whose evidence is kept ...
-CACHE_BYTES = 512 * 2**20  # ... within this much memory (a 1024 x 1024 image's evidence takes ~9 MB)
+CACHE_BYTES = 512 * 2**20  # ... within this much memory (a 1024 x 1024 image's evidence: ~9 MB, ~13 MB at most with its answers)
 
 
 def request_prompt(body: dict) -> Prompt | None:
@@ -50,13 +50,18 @@ def request_prompt(body: dict) -> Prompt | None:
 
 class EvidenceCache:
     """The newest evidence per key, at most ``images`` entries and ``max_bytes`` of arrays;
-    thread-safe (two first clicks on one image may both compute it: the later one is kept)."""
+    thread-safe (two first clicks on one image may both compute it: the later one is kept). An
+    evidence grows as it answers clicks (``Evidence.nbytes``): ``refresh`` counts it again."""
 
     def __init__(self, images: int = CACHE_IMAGES, max_bytes: int = CACHE_BYTES):
         self.images, self.max_bytes = images, max_bytes
         self._entries: OrderedDict[tuple, tuple[str, Evidence]] = OrderedDict()
-        self._bytes = 0
+        self._sizes: dict[tuple, int] = {}  # as last counted
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self._sizes.values())
 
     def get(self, key: tuple) -> tuple[str, Evidence] | None:
         with self._lock:
@@ -67,21 +72,24 @@ class EvidenceCache:
 
     def put(self, key: tuple, entry: tuple[str, Evidence]) -> None:
         with self._lock:
-            if key in self._entries:
-                self._bytes -= _size(self._entries.pop(key)[1])
+            self._entries.pop(key, None)
             self._entries[key] = entry
-            self._bytes += _size(entry[1])
-            while self._entries and (len(self._entries) > self.images or self._bytes > self.max_bytes):
-                self._bytes -= _size(self._entries.popitem(last=False)[1][1])
+            self._count(key)
+
+    def refresh(self, key: tuple) -> None:
+        """Count ``key``'s evidence again (after it answered), dropping the least recently used
+        entries while over the limits."""
+        with self._lock:
+            if key in self._entries:
+                self._count(key)
+
+    def _count(self, key: tuple) -> None:
+        self._sizes[key] = self._entries[key][1].nbytes
+        while self._entries and (len(self._entries) > self.images or sum(self._sizes.values()) > self.max_bytes):
+            del self._sizes[self._entries.popitem(last=False)[0]]
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def _size(evidence: Evidence) -> int:
-    """The evidence's arrays (a bound click model's answers counted as they stand when it is put)."""
-    clicker = getattr(evidence.clicker, "nbytes", 0)
-    return evidence.gray.nbytes + evidence.heat.nbytes + (evidence.roi.nbytes if evidence.roi is not None else 0) + clicker
 
 
 class ClickAnswers:
@@ -143,6 +151,7 @@ class ClickAnswers:
         height, width = evidence.shape
         with watch.stage("clicks"):
             mask = segment(evidence, prompt.clicks(width, height), prompt.boxes(width, height), self.method)
+        self.cache.refresh(key)
         label = targets.label(prompt.label, name)
         polygon = targets.polygon if label in targets.polygon_labels else None
         score = float(evidence.heat[mask].mean()) if mask.any() else 0.0

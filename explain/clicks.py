@@ -92,6 +92,13 @@ class Evidence:
     def shape(self) -> tuple[int, int]:
         return self.gray.shape
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now: the arrays, the working-size caches (``work``: the shrunk arrays and the
+        answers kept) and the bound click model's (its ``nbytes``, when it says)."""
+        arrays = self.gray.nbytes + self.heat.nbytes + (0 if self.roi is None else self.roi.nbytes)
+        return arrays + sum(small.nbytes for small in self._works.values()) + getattr(self.clicker, "nbytes", 0)
+
     @cached_property
     def _works(self) -> dict:
         return {}
@@ -227,6 +234,12 @@ class _Small:
         other.heat = np.clip(cv2.resize(answer, self.size, interpolation=cv2.INTER_AREA), 0, 1)
         other.feature = other._feature(other.heat)
         return other
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays and of the answers kept."""
+        answers = [a for name in ("chain", "guided_chain") for a in self.__dict__.get(name, {}).values() if a is not None]
+        return sum(a.nbytes for a in [*answers, *(v for v in self.__dict__.values() if isinstance(v, np.ndarray))])
 
     @cached_property
     def chain(self) -> dict:

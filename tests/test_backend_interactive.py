@@ -159,6 +159,28 @@ def test_the_evidence_cache_is_bounded_by_images_and_bytes():
     assert len(small) == 3 and small.get(("a",)) is not None and small.get(("b",)) is None
 
 
+def test_the_evidence_cache_counts_what_answered_clicks_add():
+    """An evidence grows as it answers (the working-size arrays, the answers kept, a bound click
+    model's): ``refresh`` counts it again and drops the least recently used entry when over budget."""
+    from explain.clicks import Click, segment
+
+    def evidence():
+        return ("x", Evidence.of(np.full((400, 400), 0.5), np.zeros((2, 2))))  # works at 128 x 128
+
+    fresh = evidence()[1].nbytes
+    cache = EvidenceCache(images=10, max_bytes=2 * fresh + 1000)
+    cache.put(("a",), evidence())
+    cache.put(("b",), evidence())
+    assert len(cache) == 2 and cache.nbytes == 2 * fresh
+    answered = cache.get(("b",))[1]
+    segment(answered, [Click(200, 200)], method="chained_walker")
+    assert answered.nbytes > fresh + 1000
+    cache.refresh(("b",))
+    assert cache.get(("a",)) is None and cache.get(("b",)) is not None and cache.nbytes == answered.nbytes
+    bound = Evidence(answered.gray, answered.heat, clicker=type("Answers", (), {"nbytes": 4096})())
+    assert bound.nbytes == fresh + 4096  # a bound click model's answers count too
+
+
 def test_click_method_setting_chooses_how_clicks_become_a_mask(tmp_path, model_path, documents, monkeypatch):  # noqa: F811
     """CLICK_METHOD (default: explain.clicks.DEFAULT_METHOD) reaches every interactive answer;
     an unknown one is refused at start-up, naming the setting and the choices."""
