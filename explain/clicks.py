@@ -97,7 +97,8 @@ class Evidence:
         """Bytes held now: the arrays, the working-size caches (``work``: the shrunk arrays and the
         answers kept) and the bound click model's (its ``nbytes``, when it says)."""
         arrays = self.gray.nbytes + self.heat.nbytes + (0 if self.roi is None else self.roi.nbytes)
-        return arrays + sum(small.nbytes for small in self._works.values()) + getattr(self.clicker, "nbytes", 0)
+        # list(...) copies in one step: another request may be adding answers meanwhile
+        return arrays + sum(small.nbytes for small in list(self._works.values())) + getattr(self.clicker, "nbytes", 0)
 
     @cached_property
     def _works(self) -> dict:
@@ -238,8 +239,8 @@ class _Small:
     @property
     def nbytes(self) -> int:
         """Bytes of its arrays and of the answers kept."""
-        answers = [a for name in ("chain", "guided_chain") for a in self.__dict__.get(name, {}).values() if a is not None]
-        return sum(a.nbytes for a in [*answers, *(v for v in self.__dict__.values() if isinstance(v, np.ndarray))])
+        answers = [a for name in ("chain", "guided_chain") for a in list(self.__dict__.get(name, {}).values()) if a is not None]
+        return sum(a.nbytes for a in [*answers, *(v for v in list(self.__dict__.values()) if isinstance(v, np.ndarray))])
 
     @cached_property
     def chain(self) -> dict:

@@ -270,4 +270,5 @@ class ImageClicks:
 
     @property
     def nbytes(self) -> int:
-        return self.image.nbytes + sum(a.nbytes for a in self._answers.values())
+        with self._lock:
+            return self.image.nbytes + sum(a.nbytes for a in self._answers.values())
