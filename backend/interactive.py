@@ -85,7 +85,7 @@ class EvidenceCache:
 
     def _count(self, key: tuple) -> None:
         self._sizes[key] = self._entries[key][1].nbytes
-        while self._entries and (len(self._entries) > self.images or sum(self._sizes.values()) > self.max_bytes):
+        while self._entries and (len(self._entries) > self.images or self.nbytes > self.max_bytes):
             del self._sizes[self._entries.popitem(last=False)[0]]
 
     def __len__(self) -> int:

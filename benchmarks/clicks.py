@@ -149,11 +149,11 @@ def click_model(cases: list[dict], name: str, seed: int, steps: int = CLICK_STEP
     (a pairs folder of links and written masks), cached by the cases' ids: {"path", "command"}."""
     import hashlib
 
+    from models.clicking import CHAIN
+
     ids = sorted(str(c["item"]["id"]) for c in cases)
     key = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
     epochs = -(-steps // -(-len(cases) // 8))
-    from models.clicking import CHAIN
-
     out = prelabel_quality.CACHE / "clickers" / f"{name}-{key}-{epochs}ep-chain{CHAIN}-seed{seed}.keras"
     pairs = out.with_suffix(".pairs")
     command = [str(cam_quality.LABELER), "train-segmenter", str(pairs), "--out", str(out), "--clicks", "--label", "lesion",

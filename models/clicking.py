@@ -136,7 +136,7 @@ def train_clicker(
     steps = math.ceil(len(images) / batch_size)
     val_gray = [_gray(im) for im in np.asarray(val_images, np.float32)] if val_images is not None and len(val_images) else []
     history: dict[str, list[float]] = {"loss": [], "val_dice": []}
-    best, best_weights = -1.0, None
+    best_weights = None
     for epoch in range(epochs):
         order = rng.permutation(len(images))
         losses = []
@@ -149,9 +149,9 @@ def train_clicker(
         if val_gray:
             score = float(np.mean([np.mean(simulate(lambda x: np.asarray(forward(x)), g, m[..., 0] > 0.5, VAL_CLICKS))
                                    for g, m in zip(val_gray, val_masks)]))
+            if score > max(history["val_dice"], default=-1.0):
+                best_weights = model.get_weights()
             history["val_dice"].append(score)
-            if score > best:
-                best, best_weights = score, model.get_weights()
         if verbose:
             shown = f", val Dice over {VAL_CLICKS} clicks {history['val_dice'][-1]:.3f}" if val_gray else ""
             print(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}{shown}", flush=True)
@@ -160,7 +160,7 @@ def train_clicker(
         kept = int(np.argmax(history["val_dice"]))
     else:
         kept = epochs - 1
-    return ClickerReport(epochs, kept + 1, history["loss"][kept], best if val_gray else None, history)
+    return ClickerReport(epochs, kept + 1, history["loss"][kept], history["val_dice"][kept] if val_gray else None, history)
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
