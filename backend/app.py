@@ -72,10 +72,10 @@ class Backend:
         self.sessions = session_factory(open_database(settings.database_url))
         self.predictor = Predictor(settings)
         self.metrics = Metrics()
-        self.clicks = ClickAnswers(
-            self.metrics, settings.max_image_pixels, method=settings.click_method, click_model=settings.click_model_path
+        self.clicks = ClickAnswers(self.metrics, settings.max_image_pixels, method=settings.click_method)
+        self.trainer = ProjectTrainer(
+            settings, self.predictor, self.sessions, self.project_fetcher, self.pipeline_for, self.clicker_for
         )
-        self.trainer = ProjectTrainer(settings, self.predictor, self.sessions, self.project_fetcher, self.pipeline_for)
         self.runner = JobRunner(
             self.trainer, self.sessions, self.metrics, settings.train_stale_after, after_promotion=self.refresh_label_studio
         )
@@ -138,18 +138,30 @@ class Backend:
         """The pipeline of a project: its PROJECT_PRELABEL_SOURCES entry when it has one, else its
         promoted segmenter (``db.registry``) when it has one, else PRELABEL_SOURCE's."""
         source = self.settings.project_sources.get(project_id)
-        if source is None and project_id is not None:
-            with self.sessions() as session:
-                try:
-                    project = repository.get_project(session, project_id, identity)
-                except ValueError:  # the id exists in several Label Studios and this one is unknown
-                    project = None
-                promoted = registry.current_segmenter(session, project) if project is not None else None
-                if promoted is not None:
-                    row_id, weights_id = promoted.id, promoted.weights_id
-            if promoted is not None:
-                return self.predictor.promoted(weights_id, lambda: self.stored_model(row_id))
+        if source is None and (promoted := self._promoted(project_id, identity, "prelabel")):
+            row_id, weights_id = promoted
+            return self.predictor.promoted(weights_id, lambda: self.stored_model(row_id))
         return self.predictor.get(source)
+
+    def clicker_for(self, project_id: int | None, identity: str):
+        """The click model that answers a project's clicks (``models.clicking.Clicker``): its promoted
+        one (``db.registry``, role "clicks") when it has one, else CLICK_MODEL's, else None."""
+        if promoted := self._promoted(project_id, identity, "clicks"):
+            row_id, weights_id = promoted
+            return self.predictor.clicker(weights_id, lambda: self.stored_model(row_id))
+        return self.predictor.clicker()
+
+    def _promoted(self, project_id: int | None, identity: str, role: str) -> tuple[int, str] | None:
+        """(row id, weights id) of the project's current model for ``role``, or None."""
+        if project_id is None:
+            return None
+        with self.sessions() as session:
+            try:
+                project = repository.get_project(session, project_id, identity)
+            except ValueError:  # the id exists in several Label Studios and this one is unknown
+                return None
+            promoted = registry.current_segmenter(session, project, role) if project is not None else None
+            return (promoted.id, promoted.weights_id) if promoted is not None else None
 
     def refresh_label_studio(self, project_row_id: int) -> None:
         """After a promotion: Label Studio re-pre-labels the project's open tasks with the new
@@ -298,7 +310,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         plan = backend.plan(config, pipeline.class_names)
         backend.metrics.set_model_version(pipeline.version)
         if prompt is not None:
-            answer = backend.clicks.answer(tasks, prompt, config, plan, pipeline, backend.fetcher(connection), connection.identity)
+            clicker = backend.clicker_for(project_id, connection.identity)
+            answer = backend.clicks.answer(
+                tasks, prompt, config, plan, pipeline, backend.fetcher(connection), connection.identity, clicker
+            )
             return jsonify(results=[answer], model_version=pipeline.version)
         results = predict_tasks(
             tasks, project_id, plan, pipeline, backend.fetcher(connection), backend.sessions, backend.metrics,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from db.identity import label_studio_identity
-from explain.clicks import CLICKER_DEFAULT_METHOD, DEFAULT_METHOD as DEFAULT_CLICK_METHOD, METHODS as CLICK_METHODS, NEEDS_CLICKER
+from explain.clicks import METHODS as CLICK_METHODS, NEEDS_CLICKER, method_for
 from explain.images import MAX_PIXELS
 from explain.shapes import shape_named
 from explain.sources import SOURCES
@@ -96,7 +96,9 @@ class Settings:
     project_sources: dict[int, str] = field(default_factory=dict)
     roi_model_path: Path | None = None  # the anatomy prior's ROI model (a lung segmenter); None: no prior
     roi_margin: float = 0.03  # explain.anatomy.PriorSettings.margin
-    click_method: str = DEFAULT_CLICK_METHOD  # how interactive clicks become a mask: explain.clicks.METHODS
+    # how interactive clicks become a mask (explain.clicks.METHODS); None: chosen by whether a click model
+    # answers the project (its promoted one, else CLICK_MODEL): explain.clicks.method_for
+    click_method: str | None = None
     click_model_path: Path | None = None  # a click model (`labeler train-segmenter --clicks`): explain.clicks.NEEDS_CLICKER
     # Training on the corrected masks (backend.training): whether this process runs queued jobs,
     # train after every N new corrected annotations (0: only when asked), what a job needs and does.
@@ -105,9 +107,16 @@ class Settings:
     train_min_tasks: int = 10
     train_epochs: int = 30
     train_size: int = 128
+    # whether a job also trains a click model ("auto": when the labelling config has smart tools) and its length
+    train_clicks: str = "auto"
+    train_click_steps: int = 600
     train_stale_after: float = 60.0  # seconds without a heartbeat before a running job is taken over
     # = models.loading.MODEL_CACHE, not imported here: no Keras before gunicorn forks
     model_cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "labeler-models")
+
+    def method_for_clicks(self, clicker: bool) -> str:
+        """CLICK_METHOD, else the default with or without a click model (``explain.clicks.method_for``)."""
+        return method_for(clicker, self.click_method)
 
     def source_for(self, project_id: int | None) -> str:
         """Where a project's regions come from: its PROJECT_PRELABEL_SOURCES entry, else PRELABEL_SOURCE."""
@@ -159,13 +168,15 @@ class Settings:
             project_sources=_project_sources(env.get("PROJECT_PRELABEL_SOURCES", "")),
             roi_model_path=Path(roi_model) if roi_model else None,
             roi_margin=_fraction(env, "ROI_MARGIN", cls.roi_margin),
-            click_method=_click_method(env.get("CLICK_METHOD") or (CLICKER_DEFAULT_METHOD if click_model else cls.click_method)),
+            click_method=_click_method(env["CLICK_METHOD"]) if env.get("CLICK_METHOD") else None,
             click_model_path=Path(click_model) if click_model else None,
             training=_flag(env, "TRAINING", True),
             train_every=_count(env, "TRAIN_EVERY", cls.train_every),
             train_min_tasks=_number(env, "TRAIN_MIN_TASKS", cls.train_min_tasks, int),
             train_epochs=_number(env, "TRAIN_EPOCHS", cls.train_epochs, int),
             train_size=_number(env, "TRAIN_SIZE", cls.train_size, int),
+            train_clicks=_choice(env, "TRAIN_CLICKS", ("auto", "1", "0"), cls.train_clicks),
+            train_click_steps=_number(env, "TRAIN_CLICK_STEPS", cls.train_click_steps, int),
             train_stale_after=_number(env, "TRAIN_STALE_AFTER", cls.train_stale_after, float),
             **({"model_cache_dir": Path(env["MODEL_CACHE_DIR"])} if env.get("MODEL_CACHE_DIR") else {}),
         )
@@ -185,6 +196,13 @@ def _label_studio_url(value: str | None) -> str | None:
     except ValueError as exc:
         raise ValueError(f"LABEL_STUDIO_URL: {exc}") from None
     return value.strip().rstrip("/")
+
+
+def _choice(env, name, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {env[name]!r}")
+    return value
 
 
 def _flag(env, name, default: bool) -> bool:

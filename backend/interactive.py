@@ -3,8 +3,8 @@ keypoints and rectangles on one task) -> one brush mask (and polygons where conf
 
 The image's evidence (``Prelabeler.click_evidence``: the lesion map and the lung prior at the
 image's size) is computed once per image and kept in a bounded LRU cache, so the next clicks on
-the same image read no image and run the classifier no more (a click model, CLICK_MODEL, bound to
-the image and kept with its evidence, runs once per new click). Interactive answers are drafts that
+the same image read no image and run the classifier no more (a click model, the project's promoted
+one or CLICK_MODEL, bound to the image and kept with its evidence, runs once per new click). Interactive answers are drafts that
 the annotator edits (the final annotation arrives by webhook): they are counted in the metrics,
 never stored.
 """
@@ -14,14 +14,13 @@ import dataclasses
 import logging
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 
 from backend.metrics import Metrics
 from backend.predict import BadRequest, Stopwatch
 from backend.predictor import Pipeline
-from explain.clicks import Evidence, segment
+from explain.clicks import Evidence, method_for, segment
 from explain.images import MAX_PIXELS
 from explain.labelstudio.configs import LabelingPlan, click_targets
 from explain.labelstudio.context import ContextError, Prompt, parse_context
@@ -95,37 +94,20 @@ class EvidenceCache:
 class ClickAnswers:
     """Answers interactive requests (one per backend process: the cache is per process)."""
 
-    def __init__(
-        self, metrics: Metrics, max_pixels: int = MAX_PIXELS, cache: EvidenceCache | None = None, method: str | None = None,
-        click_model: Path | None = None,
-    ):
+    def __init__(self, metrics: Metrics, max_pixels: int = MAX_PIXELS, cache: EvidenceCache | None = None, method: str | None = None):
         self.metrics = metrics
         self.max_pixels = max_pixels
         self.cache = cache or EvidenceCache()
-        self.method = method  # explain.clicks.METHODS name; None: its DEFAULT_METHOD
-        self.click_model = click_model  # a clicker's file, loaded on the first click; None: none
-        self._clicker = None
-        self._lock = threading.Lock()
-
-    def clicker(self):
-        """The loaded click model (``models.clicking.Clicker``), or None without CLICK_MODEL."""
-        if self.click_model is None:
-            return None
-        with self._lock:
-            if self._clicker is None:
-                from models.clicking import Clicker
-                from models.loading import load_model
-
-                self._clicker = Clicker(load_model(self.click_model, kind="clicker"))
-            return self._clicker
+        self.method = method  # explain.clicks.METHODS name; None: explain.clicks.method_for, by the click model
 
     def answer(
         self, tasks: list[dict], prompt: Prompt, config: str, plan: LabelingPlan, pipeline: Pipeline,
-        fetcher: ImageFetcher, label_studio: str = "",
+        fetcher: ImageFetcher, label_studio: str = "", clicker=None,
     ) -> dict:
         """The /predict answer for one task's clicks: ``{"result": [brush (+ polygons)], "score",
         "model_version"}`` (an empty result when the prompt has no keypoint or rectangle, or when
-        the image cannot be read: that failure is counted and logged)."""
+        the image cannot be read: that failure is counted and logged). ``clicker``: the project's
+        click model (``models.clicking.Clicker``), or None."""
         if len(tasks) != 1:
             raise BadRequest(f"an interactive request (params.context) must carry exactly one task, got {len(tasks)}")
         try:
@@ -138,19 +120,20 @@ class ClickAnswers:
             return empty
         task = tasks[0]
         wanted = targets.wanted(prompt.label)
-        key = (version, label_studio, str(task["data"].get(plan.data_key)), wanted)
+        key = (version, label_studio, str(task["data"].get(plan.data_key)), wanted, clicker.version if clicker else None)
         watch = Stopwatch(self.metrics)
         entry = self.cache.get(key)
         self.metrics.interactive.labels(cache="hit" if entry else "miss").inc()
         if entry is None:
-            entry = self._evidence(task, plan, pipeline, fetcher, wanted, watch)
+            entry = self._evidence(task, plan, pipeline, fetcher, wanted, watch, clicker)
             if entry is None:
                 return empty
             self.cache.put(key, entry)
         name, evidence = entry
         height, width = evidence.shape
         with watch.stage("clicks"):
-            mask = segment(evidence, prompt.clicks(width, height), prompt.boxes(width, height), self.method)
+            method = method_for(evidence.clicker is not None, self.method)
+            mask = segment(evidence, prompt.clicks(width, height), prompt.boxes(width, height), method)
         self.cache.refresh(key)
         label = targets.label(prompt.label, name)
         polygon = targets.polygon if label in targets.polygon_labels else None
@@ -159,7 +142,7 @@ class ClickAnswers:
             result = mask_results(mask, label, targets.to_name, targets.brush, polygon, score)
         return {"result": result, "score": score, "model_version": version}
 
-    def _evidence(self, task, plan, pipeline: Pipeline, fetcher, wanted, watch) -> tuple[str, Evidence] | None:
+    def _evidence(self, task, plan, pipeline: Pipeline, fetcher, wanted, watch, clicker) -> tuple[str, Evidence] | None:
         service = PrelabelService(
             pipeline.prelabeler, pipeline.loaded.version, plan, fetcher, stage=watch.stage, max_pixels=self.max_pixels
         )
@@ -172,7 +155,6 @@ class ClickAnswers:
         with watch.stage("model"):
             output = pipeline.prelabeler.explain([image])[0]
             name, evidence = pipeline.prelabeler.click_evidence(np.asarray(image, np.float32), output, wanted)
-            clicker = self.clicker()
             if clicker is not None:
                 evidence = dataclasses.replace(evidence, clicker=clicker.on(evidence.gray))
         return name, evidence

@@ -15,7 +15,7 @@ from explain.anatomy import PriorSettings
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.prelabel import prelabel_settings as shared_prelabel_settings
 from explain.sources import source_named
-from models.loading import LoadedModel, load_classifier, load_segmenter, unpack_segmenter, with_mixed_precision
+from models.loading import LoadedModel, load_classifier, load_model, load_segmenter, unpack_model, unpack_segmenter, with_mixed_precision
 from models.segmentation import Segmenter
 from models.spec import load_spec
 
@@ -129,7 +129,25 @@ class Predictor:
 
         return self._cached(f"segmenter:{weights_id}", build)
 
-    def _cached(self, key: str, build) -> Pipeline:
+    def clicker(self, weights_id: str | None = None, stored=None):
+        """A click model (``models.clicking.Clicker``) loaded once per process: a registry model's
+        (``weights_id``; ``stored()`` gives its (``.keras`` bytes, spec JSON), called only the first
+        time), else CLICK_MODEL's; None when neither is given."""
+        if weights_id is None and self.settings.click_model_path is None:
+            return None
+
+        def load():
+            from models.clicking import Clicker
+
+            if weights_id is None:
+                path = self.settings.click_model_path
+            else:
+                path = unpack_model(*stored(), self.settings.model_cache_dir, f"clicker-{weights_id}")
+            return Clicker(load_model(path, kind="clicker"))
+
+        return self._cached(f"clicker:{weights_id or 'CLICK_MODEL'}", load)
+
+    def _cached(self, key: str, build):
         if key not in self._pipelines:
             with self._lock:
                 if key not in self._pipelines:

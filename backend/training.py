@@ -11,11 +11,21 @@ plan: exactly what an annotator would get), and the answers are rasterised and c
 corrected masks. The candidate is promoted when its mean edit fraction (pixels to paint + pixels
 to erase, over the true lesion's pixels) is lower than the incumbent's; a tie or a regression keeps
 the incumbent, and the verdict says so.
+
+Where the project answers clicks (TRAIN_CLICKS: "auto", when its labelling config has smart tools),
+the job then trains a click model (``models.clicking``) on the same split, the union of the labels
+as one lesion mask, and scores it against the project's current one (its promoted click model, else
+CLICK_MODEL, else none) on the same test tasks as an annotator would feel it: the simulated
+annotator (``models.clicking.click_curve``) clicks each lesion through the backend's own click
+answer (``explain.clicks``, CLICK_METHOD or its default), and the mean Dice over the first
+``CLICKS_SCORED`` clicks decides; it is promoted (role "clicks") only when higher.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,13 +36,15 @@ from backend.predictor import Pipeline, Predictor
 from db import registry
 from db.corrected import chosen_annotations, read_tasks
 from db.schema import Project
+from explain.clicks import Click, segment
 from explain.images import to_uint8
-from explain.labelstudio.configs import plan_for, region_labels, smart_controls
+from explain.labelstudio.configs import click_targets, plan_for, region_labels, smart_controls
 from explain.labelstudio.fetch import ImageFetcher
 from explain.labelstudio.results import drawn_results, label_masks, result_labels
 from explain.service import PrelabelService
 from models.agreement import dice, edit_fraction
-from models.loading import load_segmenter, model_file_bytes, unpack_segmenter, weights_version
+from models.clicking import Clicker, click_curve, fit_clicker
+from models.loading import load_model, load_segmenter, model_file_bytes, unpack_model, unpack_segmenter, weights_version
 from models.segmentation import Segmenter, fit_unet
 from models.splits import carve_validation, split_of, stored_patient
 
@@ -41,6 +53,7 @@ log = logging.getLogger(__name__)
 SPLIT = (0.7, 0.15, 0.15)
 SEED = 0
 BATCH = 8  # images read and pre-labelled at a time: memory stays that of a few images
+CLICKS_SCORED = 5  # a click model's score: the mean Dice after 1 .. this many simulated clicks
 
 
 class Cancelled(Exception):
@@ -68,6 +81,7 @@ class Outcome:
     kind: str
     message: str
     segmenter_id: int | None = None
+    clicker_id: int | None = None
 
 
 def corrected_examples(session, project) -> tuple[list[Example], list[str]]:
@@ -106,17 +120,19 @@ class ProjectTrainer:
     """Runs jobs for one backend process: ``predictor`` builds the candidate's pipeline (the
     classifier, the prior, the shape step), ``current_pipeline(ls_project_id, label_studio)`` is
     the project's pre-labeller now, ``fetcher_for(project)`` an image fetcher for the project's
-    Label Studio, ``sessions`` the database."""
+    Label Studio, ``sessions`` the database; ``current_clicker(ls_project_id, label_studio)`` the
+    click model that answers the project's clicks now (``models.clicking.Clicker``, or None)."""
 
     def __init__(
         self, settings: Settings, predictor: Predictor, sessions, fetcher_for: Callable[[object], ImageFetcher],
-        current_pipeline: Callable[[int, str], Pipeline],
+        current_pipeline: Callable[[int, str], Pipeline], current_clicker: Callable[[int, str], Clicker | None] = lambda *_: None,
     ):
         self.settings = settings
         self.predictor = predictor
         self.sessions = sessions
         self.fetcher_for = fetcher_for
         self.current_pipeline = current_pipeline
+        self.current_clicker = current_clicker
 
     def run(self, project_row_id: int, job_id: int | None, progress: Callable[[str], None]) -> Outcome:
         """Train, score and maybe promote for the project with database id ``project_row_id``;
@@ -175,7 +191,70 @@ class ProjectTrainer:
             if better:
                 registry.promote(session, project, row.id, "trained", note=verdict)
             segmenter_id = row.id
-        return Outcome("promoted" if better else "kept", f"model #{segmenter_id} {verdict}", segmenter_id)
+        outcome = Outcome("promoted" if better else "kept", f"model #{segmenter_id} {verdict}", segmenter_id)
+        if not self._trains_clicks(config):
+            return outcome
+        message, clicker_id = self._clicker_round(project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress)
+        return dataclasses.replace(outcome, message=f"{outcome.message}; {message}", clicker_id=clicker_id)
+
+    def _trains_clicks(self, config: str) -> bool:
+        """TRAIN_CLICKS: 1, or auto and the labelling config has smart tools (its annotators click)."""
+        return self.settings.train_clicks == "1" or (self.settings.train_clicks == "auto" and bool(smart_controls(config)))
+
+    def _clicker_round(self, project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress) -> tuple[str, int | None]:
+        """Train a click model on the job's arrays, score it and the project's current one on the test
+        tasks (``_click_scores``), register it and promote it (role "clicks") when its score is higher:
+        (one line saying what happened, its registry id or None when none was trained)."""
+        settings = self.settings
+        try:
+            click_targets(config, plan)
+        except ValueError as exc:
+            return f"click model not trained: {exc}", None
+        if not any(e.results for e in splits["test"]):
+            return "click model not trained: no held-out task has a lesion yet", None
+        with self.sessions() as session:
+            project = session.get(Project, project_row_id)
+            row = registry.current_segmenter(session, project, "clicks")
+            incumbent_name = f"click model #{row.id}" if row is not None else None
+            ls_project_id, label_studio = project.ls_project_id, project.label_studio
+        incumbent = self.current_clicker(ls_project_id, label_studio)
+        incumbent_name = incumbent_name or ("CLICK_MODEL" if incumbent is not None else "no click model")
+
+        images, masks, val_images, val_masks = _with_validation(train, val)
+        epochs = math.ceil(settings.train_click_steps / math.ceil(len(images) / 8))
+        progress(f"training a click model on {len(images)} images ({epochs} epochs), validating on {len(val_images)}")
+        union = lambda m: m.max(axis=-1, keepdims=True)  # noqa: E731
+        model, spec, report = fit_clicker(
+            images, union(masks), val_images if len(val_images) else None, union(val_masks) if len(val_images) else None,
+            size=settings.train_size, epochs=epochs, seed=SEED, verbose=0,
+        )
+        weights, weights_id = model_file_bytes(model), weights_version(model)
+        candidate = Clicker(load_model(unpack_model(weights, spec.to_json(), settings.model_cache_dir, f"clicker-{weights_id}"), kind="clicker"))
+        progress(f"scoring the click model on {len(splits['test'])} held-out tasks")
+        scores = self._click_scores(splits["test"], labels, config, plan, fetcher, current, {"candidate": candidate, "incumbent": incumbent})
+        new, old = scores["candidate"], scores["incumbent"]
+        if not new["n"]:
+            raise ValueError("no held-out image with a lesion could be read")
+        better = new["dice"] > old["dice"] + 1e-9
+        verdict = (
+            f"{'promoted' if better else 'kept ' + incumbent_name} for clicks: mean Dice over {CLICKS_SCORED} simulated clicks "
+            f"{new['dice']:.3f} {'>' if better else 'is not above'} {old['dice']:.3f} of {incumbent_name} on {new['n']} "
+            f"held-out lesion(s) (after {CLICKS_SCORED} clicks {new['last']:.3f} vs {old['last']:.3f})"
+        )
+        data = {name: [e.task_id for e in part] for name, part in splits.items()}
+        training = {
+            "size": settings.train_size, "steps": settings.train_click_steps, "epochs": epochs, "best_epoch": report.best_epoch,
+            "val_dice": report.val_dice, "labels": labels, "split": list(SPLIT), "seed": SEED,
+        }
+        with self.sessions.begin() as session:
+            project = session.get(Project, project_row_id)
+            row = registry.add_segmenter(
+                session, project, weights, weights_id, json.loads(spec.to_json()), training, data,
+                {**scores, "incumbent_name": incumbent_name, "clicks": CLICKS_SCORED}, verdict, job_id=job_id,
+            )
+            if better:
+                registry.promote(session, project, row.id, "trained", note=verdict, role="clicks")
+            return f"click model #{row.id} {verdict}", row.id
 
     def _arrays(self, examples, labels, plan, fetcher, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
         """(N, size, size, 3) uint8 images and (N, size, size, labels) 0/1 masks; a task whose image
@@ -207,11 +286,7 @@ class ProjectTrainer:
         import keras
 
         epochs = self.settings.train_epochs
-        images, masks = train
-        if val is None or len(val[0]) == 0:  # as train-segmenter: 15 % of train validates
-            fit, held = carve_validation(len(images), 0.15, SEED)
-            val = (images[held], masks[held])
-            images, masks = images[fit], masks[fit]
+        images, masks, *val = _with_validation(train, val)
 
         class Report(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
@@ -222,6 +297,35 @@ class ProjectTrainer:
             labels, images, masks, val[0] if len(val[0]) else None, val[1] if len(val[0]) else None,
             size=self.settings.train_size, epochs=epochs, seed=SEED, verbose=0, callbacks=[Report()],
         )
+
+    def _click_scores(self, examples, labels, config, plan, fetcher, pipeline: Pipeline, clickers: dict) -> dict[str, dict]:
+        """Per click model (None: none): ``dice``, the mean over the held-out tasks with a lesion of
+        the mean Dice after 1 .. CLICKS_SCORED clicks of the simulated annotator on the union of the
+        labels, each click answered as the backend answers it (``pipeline``'s evidence, the method
+        of CLICK_METHOD or its default); ``last``, the mean Dice after the last; ``n`` tasks."""
+        wanted = click_targets(config, plan).wanted(None)
+        curves: dict[str, list[list[float]]] = {name: [] for name in clickers}
+        service = PrelabelService(pipeline.prelabeler, pipeline.loaded.version, plan, fetcher)
+        for start in range(0, len(examples), BATCH):
+            part = [e for e in examples[start:start + BATCH] if e.results]
+            for example, outcome in zip(part, service.read(_tasks(part, plan.data_key))):
+                if outcome.failure:
+                    continue
+                image = np.asarray(outcome.image, np.float32)
+                truth = np.logical_or.reduce(list(_truth(example, *image.shape[:2], labels).values()))
+                if not truth.any():
+                    continue
+                output = pipeline.prelabeler.explain([outcome.image])[0]
+                _, evidence = pipeline.prelabeler.click_evidence(image, output, wanted)
+                for name, clicker in clickers.items():
+                    bound = dataclasses.replace(evidence, clicker=clicker.on(evidence.gray) if clicker is not None else None)
+                    method = self.settings.method_for_clicks(clicker is not None)
+                    answer = lambda points: segment(bound, [Click.at_pixel(*p) for p in points], method=method)  # noqa: E731
+                    curves[name].append(click_curve(answer, truth, CLICKS_SCORED))
+        return {
+            name: {"dice": _mean([float(np.mean(c)) for c in found]), "last": _mean([c[-1] for c in found]), "n": len(found)}
+            for name, found in curves.items()
+        }
 
     def _score(self, examples, labels, config, fetcher, pipelines: dict[str, Pipeline]) -> dict[str, dict]:
         """Per pipeline: mean edit fraction over the tasks, mean Dice over tasks with a lesion, and
@@ -255,6 +359,16 @@ class ProjectTrainer:
             }
             for name, values in per.items()
         }
+
+
+def _with_validation(train, val) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(images, masks, val images, val masks): the val split's arrays, or as train-segmenter does
+    when it is empty, 15 % of train (seeded) carved out of it."""
+    images, masks = train
+    if val is not None and len(val[0]):
+        return images, masks, *val
+    fit, held = carve_validation(len(images), 0.15, SEED)
+    return images[fit], masks[fit], images[held], masks[held]
 
 
 def _add_scores(into: dict, truth: dict, predicted: dict, pixels: int) -> None:

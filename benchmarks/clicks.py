@@ -67,32 +67,20 @@ def next_click(pred: np.ndarray, truth: np.ndarray):
     point = error_click(pred, truth)
     if point is None:
         return None
-    row, col, positive = point
-    return Click(col + 0.5, row + 0.5, positive)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2 * int(np.logical_and(a, b).sum()) / total if total else 1.0
+    return Click.at_pixel(*point)
 
 
 def simulate(evidence, truth: np.ndarray, method: str, max_clicks: int = MAX_CLICKS) -> list[float]:
-    """Dice after each click (stops once past ``max(AT)`` clicks with the last goal reached;
-    the rest is that Dice's plateau, which NoC and Dice@k do not read)."""
-    from explain.clicks import segment
+    """Dice after each click of ``models.clicking.click_curve``'s annotator (stops once past
+    ``max(AT)`` clicks with the last goal reached; the rest is that Dice's plateau, which NoC and
+    Dice@k do not read)."""
+    from explain.clicks import Click, segment
+    from models.clicking import click_curve
 
-    clicks, scores, pred = [], [], np.zeros(truth.shape, bool)
-    for _ in range(max_clicks):
-        click = next_click(pred, truth)
-        if click is None:
-            scores.append(scores[-1] if scores else 1.0)
-            continue
-        clicks.append(click)
-        pred = segment(evidence, clicks, method=method)
-        scores.append(dice(pred, truth))
-        if len(scores) >= max(AT) and scores[-1] >= max(GOALS):
-            break
-    return scores + [scores[-1]] * (max_clicks - len(scores))
+    def answer(points):
+        return segment(evidence, [Click.at_pixel(*point) for point in points], method=method)
+
+    return click_curve(answer, truth, max_clicks, done=lambda scores: len(scores) >= max(AT) and scores[-1] >= max(GOALS))
 
 
 def noc(scores: list[float], goal: float) -> int:
@@ -204,7 +192,7 @@ def with_click_models(cases: dict[str, list[dict]], name: str, seed: int, steps:
 
 
 def run_split(cases: list[dict], methods) -> dict:
-    from models.agreement import edit_fraction
+    from models.agreement import dice, edit_fraction
 
     result = {"n": len(cases), "pixels": float(np.mean([c["truth"].sum() for c in cases])),
               "prelabel_dice": float(np.mean([dice(c["prelabel"], c["truth"]) if c["prelabel"].any() else 0.0 for c in cases])),

@@ -30,6 +30,7 @@ from .registry import (
     promote,
     promotion_stack,
     promotions_of,
+    role_of,
     rollback,
     segmenters_of,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "requeue_stale",
     "revision_fingerprint",
     "revisions",
+    "role_of",
     "rollback",
     "segmenters_of",
     "session_factory",

@@ -1,9 +1,12 @@
-"""The segmenter registry: trained models and the promotions that choose a project's pre-label
-source. Every function takes a Session and flushes; the caller commits.
+"""The segmenter registry: trained models and the promotions that choose a project's models.
+Every function takes a Session and flushes; the caller commits.
 
-Models and promotions are only ever added. A project's source is the replay of its promotions
-in order: "trained" and "promote" push a segmenter (or None: Grad-CAM, no segmenter),
-"rollback" pops; the top of that stack is current, an empty stack means Grad-CAM.
+Models and promotions are only ever added. A project has one promotion stack per role
+(``PROMOTION_ROLES``): "prelabel" chooses the pre-label source (a segmenter, or None: Grad-CAM),
+"clicks" the click model that answers annotators' clicks (a clicker, or None: the clicks are
+answered from the maps alone). A role's current model is the replay of its promotions in order:
+"trained" and "promote" push a model (or None), "rollback" pops; the top of that stack is current,
+an empty stack means None.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .schema import PROMOTION_REASONS, Project, Promotion, SegmenterModel
+from .schema import PROMOTION_REASONS, PROMOTION_ROLES, Project, Promotion, SegmenterModel
 
 _PUSHES = ("trained", "promote")
 _WEIGHTS_ID_MAX = 64
@@ -76,9 +79,22 @@ def segmenters_of(session: Session, project: Project) -> list[SegmenterModel]:
     )
 
 
-def promotions_of(session: Session, project: Project) -> list[Promotion]:
-    """The project's promotions, oldest first."""
-    return list(session.scalars(select(Promotion).where(Promotion.project_id == project.id).order_by(Promotion.id)))
+def role_of(model: SegmenterModel) -> str:
+    """The promotion role a stored model can take: "clicks" for a clicker, else "prelabel"."""
+    return "clicks" if (model.spec or {}).get("kind") == "clicker" else "prelabel"
+
+
+def _check_role(role: str) -> None:
+    if role not in PROMOTION_ROLES:
+        raise ValueError(f"role must be one of {PROMOTION_ROLES}, got {role!r}")
+
+
+def promotions_of(session: Session, project: Project, role: str = "prelabel") -> list[Promotion]:
+    """The project's promotions of ``role``, oldest first."""
+    _check_role(role)
+    return list(session.scalars(
+        select(Promotion).where(Promotion.project_id == project.id, Promotion.role == role).order_by(Promotion.id)
+    ))
 
 
 def _replay(promotions: list[Promotion]) -> list[int | None]:
@@ -92,15 +108,16 @@ def _replay(promotions: list[Promotion]) -> list[int | None]:
     return stack
 
 
-def promotion_stack(session: Session, project: Project) -> list[int | None]:
-    """The project's promotions replayed: segmenter ids (None: Grad-CAM), the current one last;
-    empty when Grad-CAM has never been replaced (or every promotion was rolled back)."""
-    return _replay(promotions_of(session, project))
+def promotion_stack(session: Session, project: Project, role: str = "prelabel") -> list[int | None]:
+    """The project's promotions of ``role`` replayed: model ids (None: Grad-CAM, or no click
+    model), the current one last; empty when nothing was ever promoted (or all rolled back)."""
+    return _replay(promotions_of(session, project, role))
 
 
-def current_segmenter(session: Session, project: Project) -> SegmenterModel | None:
-    """The segmenter that pre-labels the project now, or None for Grad-CAM."""
-    stack = promotion_stack(session, project)
+def current_segmenter(session: Session, project: Project, role: str = "prelabel") -> SegmenterModel | None:
+    """The model that pre-labels the project now (None: Grad-CAM), or with ``role="clicks"`` the
+    click model that answers its clicks (None: none)."""
+    stack = promotion_stack(session, project, role)
     return None if not stack or stack[-1] is None else get_segmenter(session, stack[-1])
 
 
@@ -110,20 +127,22 @@ def _lock_project(session: Session, project: Project) -> None:
     session.execute(select(Project.id).where(Project.id == project.id).with_for_update())
 
 
-def _add(session: Session, project: Project, segmenter_id: int | None, reason: str, note: str | None) -> Promotion:
-    row = Promotion(project_id=project.id, segmenter_id=segmenter_id, reason=reason, note=_line(note))
+def _add(session: Session, project: Project, segmenter_id: int | None, reason: str, note: str | None, role: str) -> Promotion:
+    row = Promotion(project_id=project.id, segmenter_id=segmenter_id, reason=reason, note=_line(note), role=role)
     session.add(row)
     session.flush()
     return row
 
 
 def promote(
-    session: Session, project: Project, segmenter_id: int | None, reason: str, note: str | None = None
+    session: Session, project: Project, segmenter_id: int | None, reason: str, note: str | None = None,
+    role: str | None = None,
 ) -> Promotion:
-    """Make ``segmenter_id`` (a segmenter of this project, or None: back to Grad-CAM) the
-    project's source. ``reason`` is "trained" (chosen by training's own evaluation) or
-    "promote" (chosen by a person); "rollback" is refused here: use `rollback`, which records
-    what becomes current. ``note`` is squeezed to one line."""
+    """Make ``segmenter_id`` (a model of this project, or None: back to Grad-CAM / no click model)
+    current for ``role``, which defaults to the model's own (``role_of``; "prelabel" for None) and
+    must match it. ``reason`` is "trained" (chosen by training's own evaluation) or "promote"
+    (chosen by a person); "rollback" is refused here: use `rollback`, which records what becomes
+    current. ``note`` is squeezed to one line."""
     if reason not in PROMOTION_REASONS:
         raise ValueError(f"reason must be one of {PROMOTION_REASONS}, got {reason!r}")
     if reason not in _PUSHES:
@@ -133,17 +152,24 @@ def promote(
         if model is None or model.project_id != project.id:
             where = "does not exist" if model is None else "belongs to another project"
             raise ValueError(f"segmenter {segmenter_id} {where}; project {project.ls_project_id} cannot use it")
+        own = role_of(model)
+        if role is not None and role != own:
+            what = "a click model" if own == "clicks" else "a segmenter"
+            raise ValueError(f"model {segmenter_id} is {what}: it cannot be promoted for {role!r}")
+        role = own
+    role = role or "prelabel"
+    _check_role(role)
     _lock_project(session, project)
-    return _add(session, project, segmenter_id, reason, note)
+    return _add(session, project, segmenter_id, reason, note, role)
 
 
-def rollback(session: Session, project: Project, note: str | None = None) -> Promotion:
-    """Undo the project's current promotion: the one before it becomes current again (None:
-    Grad-CAM). Raises ValueError when there is nothing to roll back."""
+def rollback(session: Session, project: Project, note: str | None = None, role: str = "prelabel") -> Promotion:
+    """Undo the project's current promotion of ``role``: the one before it becomes current again
+    (None: Grad-CAM, or no click model). Raises ValueError when there is nothing to roll back."""
+    _check_role(role)
     _lock_project(session, project)
-    stack = promotion_stack(session, project)
+    stack = promotion_stack(session, project, role)
     if not stack:
-        raise ValueError(
-            f"nothing to roll back: project {project.ls_project_id} has no promotion left (Grad-CAM pre-labels it)"
-        )
-    return _add(session, project, stack[-2] if len(stack) > 1 else None, "rollback", note)
+        left = "Grad-CAM pre-labels it" if role == "prelabel" else "no click model answers its clicks"
+        raise ValueError(f"nothing to roll back: project {project.ls_project_id} has no {role} promotion left ({left})")
+    return _add(session, project, stack[-2] if len(stack) > 1 else None, "rollback", note, role)

@@ -41,6 +41,7 @@ NAMING_CONVENTION = {
 REVISION_ACTIONS = ("created", "updated", "deleted")
 JOB_STATES = ("queued", "running", "done", "failed")
 PROMOTION_REASONS = ("trained", "promote", "rollback")
+PROMOTION_ROLES = ("prelabel", "clicks")  # what a promoted model does: pre-labels tasks, answers clicks
 
 _LIVE = "deleted_at IS NULL"
 
@@ -310,13 +311,17 @@ class SegmenterModel(Base):
 
 
 class Promotion(Base):
-    """One change of a project's pre-label source (append-only): "trained" and "promote" make
-    ``segmenter_id`` current (NULL: Grad-CAM, no segmenter), "rollback" returns to the one
-    before and records it in ``segmenter_id``. The current source is the replay of the rows
+    """One change of a project's model for one ``role`` (append-only): "prelabel" (the pre-label
+    source; NULL: Grad-CAM, no segmenter) or "clicks" (the click model; NULL: none). "trained" and
+    "promote" make ``segmenter_id`` current, "rollback" returns to the one before and records it in
+    ``segmenter_id``. The current model is the replay of the role's rows
     (`db.registry.promotion_stack`)."""
 
     __tablename__ = "promotions"
-    __table_args__ = (CheckConstraint(_one_of("reason", PROMOTION_REASONS), name="reason"),)
+    __table_args__ = (
+        CheckConstraint(_one_of("reason", PROMOTION_REASONS), name="reason"),
+        CheckConstraint(_one_of("role", PROMOTION_ROLES), name="role"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
@@ -324,6 +329,7 @@ class Promotion(Base):
     reason: Mapped[str] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    role: Mapped[str] = mapped_column(String(16), default="prelabel", server_default="prelabel")
 
 
 class PrelabelClaim(Base):

@@ -28,6 +28,11 @@ class Click:
     y: float
     positive: bool = True
 
+    @classmethod
+    def at_pixel(cls, row: int, col: int, positive: bool = True) -> "Click":
+        """A click at the centre of pixel (row, col)."""
+        return cls(col + 0.5, row + 0.5, positive)
+
     def pixel(self, shape: tuple[int, int]) -> tuple[int, int]:
         """(row, col) of the pixel under the click, clipped into an (H, W) image."""
         height, width = shape
@@ -643,3 +648,9 @@ DEFAULT_METHOD = "chained_walker"
 # (where the annotator's clicks go) instead of its own 7.63 (test 8.86). Click models trained with seeds 0 / 1 / 2:
 # guided_walker 7.27 / 7.13 / 7.77, click_model 8.50 / 10.27 / 10.13; the three averaged 7.27 / 8.20.
 CLICKER_DEFAULT_METHOD = "guided_walker"
+
+
+def method_for(clicker: bool, chosen: str | None = None) -> str:
+    """The method that answers clicks: ``chosen`` when given, else the default with a click model
+    at hand (``CLICKER_DEFAULT_METHOD``) or without one (``DEFAULT_METHOD``)."""
+    return chosen or (CLICKER_DEFAULT_METHOD if clicker else DEFAULT_METHOD)

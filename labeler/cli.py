@@ -507,14 +507,20 @@ def train(
         raise typer.Exit(1)
 
 
-models_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, help="A project's trained segmenters: list, promote, roll back.")
+models_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, help="A project's trained segmenters and click models: list, promote, roll back.")
 app.add_typer(models_app, name="models")
 
 
-def _score(metrics: dict, who: str) -> str:
+def _score(metrics: dict, who: str, role: str) -> str:
     values = metrics.get(who) or {}
     edit, dice = values.get("edit"), values.get("dice")
+    if role == "clicks":  # backend.training._click_scores
+        return "-" if dice is None else f"{dice:.3f}"
     return "-" if edit is None else f"{edit:.3f}/" + ("-" if dice is None else f"{dice:.3f}")
+
+
+def _answers_clicks(current: int | None) -> str:
+    return f"click model #{current}" if current else "CLICK_MODEL, else the maps alone (no promoted click model)"
 
 
 @models_app.command("list")
@@ -523,18 +529,20 @@ def models_list(
     project: ProjectId = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE,
 ):
-    """The project's segmenters (newest first), which one pre-labels, and the recent training jobs."""
+    """The project's segmenters and click models (newest first), which ones are current, and the recent training jobs."""
     from labeler.training import project_models
 
     models, jobs, current = project_models(Workspace(label_studio_url, None, project, database_url))
     say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
-    say(f"pre-labels come from: {'segmenter #' + str(current) if current else 'Grad-CAM (no promoted segmenter)'}")
-    for m in models:  # one line each (greppable; `*` marks the current one)
+    say(f"pre-labels come from: {'segmenter #' + str(current['prelabel']) if current['prelabel'] else 'Grad-CAM (no promoted segmenter)'}")
+    say(f"clicks answered by: {_answers_clicks(current['clicks'])}")
+    for m in models:  # one line each (greppable; `*` marks a current one)
         counts = "/".join(str(m.counts.get(k, 0)) for k in ("train", "val", "test"))
+        kind, score = ("click model", f"Dice over {m.metrics.get('clicks', '?')} clicks") if m.role == "clicks" else ("segmenter", "edit/Dice")
         say(
-            f"{'*' if m.current else ' '} #{m.id}  {m.created_at:%Y-%m-%d %H:%M}  weights {m.weights_id}  "
-            f"train/val/test {counts}  edit/Dice {_score(m.metrics, 'candidate')}  "
-            f"before {_score(m.metrics, 'incumbent')}  {m.verdict}"
+            f"{'*' if m.current else ' '} #{m.id}  {kind}  {m.created_at:%Y-%m-%d %H:%M}  weights {m.weights_id}  "
+            f"train/val/test {counts}  {score} {_score(m.metrics, 'candidate', m.role)}  "
+            f"before {_score(m.metrics, 'incumbent', m.role)}  {m.verdict}"
         )
     for j in jobs:
         say(f"job {j.id}  {j.state}  asked by {j.trigger}  {j.requested_at:%Y-%m-%d %H:%M:%S}  {j.message or j.progress or ''}")
@@ -547,24 +555,31 @@ def models_promote(
     project: ProjectId = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE,
 ):
-    """Make one of the project's segmenters its pre-label source (the backend switches at its next request)."""
+    """Make one of the project's segmenters its pre-label source, or one of its click models the one
+    that answers its clicks (the backend switches at its next request)."""
     from labeler.training import promote
 
-    promote(Workspace(label_studio_url, None, project, database_url), model_id)
-    console.print(f"segmenter #{model_id} now pre-labels project {project}")
+    role = promote(Workspace(label_studio_url, None, project, database_url), model_id)
+    done = "answers the clicks of" if role == "clicks" else "pre-labels"
+    console.print(f"{'click model' if role == 'clicks' else 'segmenter'} #{model_id} now {done} project {project}")
 
 
 @models_app.command("rollback")
 def models_rollback(
+    clicks: Annotated[bool, typer.Option("--clicks", help="Roll back the click model instead of the pre-label source.")] = False,
     label_studio_url: LabelStudioUrl = None,
     project: ProjectId = None,
     database_url: DatabaseUrl = DEFAULT_DATABASE,
 ):
-    """Go back to the pre-label source before the current one (a segmenter, or Grad-CAM)."""
+    """Go back to the pre-label source before the current one (a segmenter, or Grad-CAM); with
+    --clicks, to the click model before the current one."""
     from labeler.training import rollback
 
-    now = rollback(Workspace(label_studio_url, None, project, database_url))
-    console.print(f"rolled back: pre-labels now come from {'segmenter #' + str(now) if now else 'Grad-CAM'}")
+    now = rollback(Workspace(label_studio_url, None, project, database_url), "clicks" if clicks else "prelabel")
+    if clicks:
+        console.print(f"rolled back: clicks now answered by {_answers_clicks(now)}", markup=False)
+    else:
+        console.print(f"rolled back: pre-labels now come from {'segmenter #' + str(now) if now else 'Grad-CAM'}")
 
 
 @app.command()

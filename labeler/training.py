@@ -1,5 +1,5 @@
 """``labeler train`` and ``labeler models``: queue a training job for a project, follow it, and
-list, promote or roll back the project's segmenters, all through our database (``db.jobs``,
+list, promote or roll back the project's trained models (segmenters and click models), all through our database (``db.jobs``,
 ``db.registry``); the jobs themselves run in the backend (TRAINING=1) or ``labeler-backend worker``."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db import jobs, registry, repository
-from db.schema import TrainingJob
+from db.schema import PROMOTION_ROLES, TrainingJob
 from labeler.workspace import Workspace
 from models.loading import unpack_segmenter
 
@@ -77,39 +77,45 @@ class ModelView:
     metrics: dict
     verdict: str
     current: bool
+    role: str  # "prelabel" (a segmenter) or "clicks" (a click model): db.registry.role_of
 
 
-def project_models(ws: Workspace) -> tuple[list[ModelView], list[JobView], int | None]:
-    """The project's segmenters (newest first), its recent jobs, and the current segmenter's id
-    (None: Grad-CAM)."""
+def project_models(ws: Workspace) -> tuple[list[ModelView], list[JobView], dict[str, int | None]]:
+    """The project's models (newest first), its recent jobs, and per role ("prelabel", "clicks")
+    the current model's id (None: Grad-CAM, or no promoted click model)."""
     with ws.sessions() as session:
         project = _project(session, ws)
-        current = registry.current_segmenter(session, project)
-        current_id = current.id if current is not None else None
+        current = {}
+        for role in PROMOTION_ROLES:
+            row = registry.current_segmenter(session, project, role)
+            current[role] = row.id if row is not None else None
         models = [
             ModelView(
                 m.id, m.created_at, m.weights_id, {k: len(v) for k, v in (m.data or {}).items()}, m.metrics or {},
-                m.verdict or "", m.id == current_id,
+                m.verdict or "", m.id == current[registry.role_of(m)], registry.role_of(m),
             )
             for m in registry.segmenters_of(session, project)
         ]
-        return models, [_view(j) for j in jobs.recent_jobs(session, project, limit=10)], current_id
+        return models, [_view(j) for j in jobs.recent_jobs(session, project, limit=10)], current
 
 
-def promote(ws: Workspace, segmenter_id: int) -> None:
-    """Make a segmenter of the project its pre-label source by hand (whatever its scores)."""
+def promote(ws: Workspace, segmenter_id: int) -> str:
+    """Make a model of the project current by hand (whatever its scores): a segmenter pre-labels,
+    a click model answers clicks. Returns its role."""
     with ws.sessions.begin() as session:
         project = _project(session, ws)
         model = registry.get_segmenter(session, segmenter_id)
         if model is None or model.project_id != project.id:
-            raise ValueError(f"segmenter {segmenter_id} is not a model of project {project.ls_project_id} (see `labeler models list`)")
+            raise ValueError(f"model {segmenter_id} is not a model of project {project.ls_project_id} (see `labeler models list`)")
         registry.promote(session, project, segmenter_id, "promote", note="promoted by hand (labeler models promote)")
+        return registry.role_of(model)
 
 
-def rollback(ws: Workspace) -> int | None:
-    """Go back to the source before the current one; returns the segmenter now current (None: Grad-CAM)."""
+def rollback(ws: Workspace, role: str = "prelabel") -> int | None:
+    """Go back to the ``role``'s model before the current one; returns the model now current (None:
+    Grad-CAM, or no promoted click model)."""
     with ws.sessions.begin() as session:
-        row = registry.rollback(session, _project(session, ws), note="labeler models rollback")
+        row = registry.rollback(session, _project(session, ws), note="labeler models rollback", role=role)
         return row.segmenter_id
 
 

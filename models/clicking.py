@@ -12,13 +12,14 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import keras
 import numpy as np
 import tensorflow as tf
 
+from models.agreement import dice
 from models.loading import LoadedModel
 from models.segmentation import bce_dice_loss, joint_augmentation
 from models.spec import ModelSpec
@@ -183,23 +184,38 @@ def _simulated_inputs(forward, grays, truths, chain: int, rng) -> np.ndarray:
     return x
 
 
-def simulate(predict, image: np.ndarray, truth: np.ndarray, clicks: int) -> list[float]:
-    """Dice after each of ``clicks`` simulated clicks (``error_click``, no jitter) on one (h, w) input
-    image (``brightness``) with its (h, w) bool truth; ``predict`` maps (1, h, w, 4) to probabilities."""
+def click_curve(
+    answer: Callable[[list[Point]], np.ndarray], truth: np.ndarray, clicks: int,
+    done: Callable[[list[float]], bool] | None = None,
+) -> list[float]:
+    """The simulated annotator: Dice after each of ``clicks`` clicks on (h, w) bool ``truth``, each
+    at the centre of the largest error of the answer so far (``error_click``, no jitter).
+    ``answer(points)`` maps the clicks so far ((row, col, positive) in truth's frame) to an (h, w)
+    bool mask; once ``done(scores)`` says so, or the answer is right, the last Dice repeats."""
     points: list[Point] = []
-    answer = np.zeros_like(truth)
-    scores = []
-    for _ in range(clicks):
-        point = error_click(answer, truth)
+    mask = np.zeros(truth.shape, bool)
+    scores: list[float] = []
+    while len(scores) < clicks and not (scores and done is not None and done(scores)):
+        point = error_click(mask, truth)
         if point is None:
-            scores.append(1.0)
-            continue
-        x = click_input(image, [*points, point], answer)[None]
+            break
         points.append(point)
-        answer = np.asarray(predict(x))[0, ..., 0] >= 0.5
-        total = int(answer.sum() + truth.sum())
-        scores.append(2.0 * int((answer & truth).sum()) / total if total else 1.0)
-    return scores
+        mask = np.asarray(answer(points), bool)
+        scores.append(dice(mask, truth))
+    last = scores[-1] if scores else 1.0
+    return scores + [last] * (clicks - len(scores))
+
+
+def simulate(predict, image: np.ndarray, truth: np.ndarray, clicks: int) -> list[float]:
+    """``click_curve`` of the model on one (h, w) input image (``brightness``) with its (h, w) bool
+    truth; ``predict`` maps (1, h, w, 4) to probabilities (each click sees the previous answer)."""
+    previous = [np.zeros_like(truth)]
+
+    def answer(points):
+        previous[0] = np.asarray(predict(click_input(image, points, previous[0])[None]))[0, ..., 0] >= 0.5
+        return previous[0]
+
+    return click_curve(answer, truth, clicks)
 
 
 def fit_clicker(

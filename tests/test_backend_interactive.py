@@ -188,7 +188,7 @@ def test_click_method_setting_chooses_how_clicks_become_a_mask(tmp_path, model_p
     from backend.config import Settings
     from explain import clicks
 
-    assert Settings.from_env({"MODEL_PATH": "m.keras"}).click_method == clicks.DEFAULT_METHOD
+    assert Settings.from_env({"MODEL_PATH": "m.keras"}).method_for_clicks(False) == clicks.DEFAULT_METHOD
     assert Settings.from_env({"MODEL_PATH": "m.keras", "CLICK_METHOD": "grabcut"}).click_method == "grabcut"
     with pytest.raises(ValueError, match="CLICK_METHOD must be one of threshold, .*, got 'sam'"):
         Settings.from_env({"MODEL_PATH": "m.keras", "CLICK_METHOD": "sam"})
@@ -227,7 +227,7 @@ def test_click_model_setting_answers_with_the_click_model_bound_to_the_image(
     from backend.config import Settings
 
     env = {"MODEL_PATH": "m.keras", "CLICK_MODEL": str(click_model_path)}
-    assert Settings.from_env(env).click_method == "guided_walker"
+    assert Settings.from_env(env).method_for_clicks(True) == "guided_walker"
     assert Settings.from_env({**env, "CLICK_METHOD": "grabcut"}).click_method == "grabcut"
     for method in ("click_model", "guided_walker"):
         with pytest.raises(ValueError, match=f"CLICK_METHOD is {method}, but CLICK_MODEL is not set"):
@@ -268,3 +268,43 @@ def test_guided_walker_asks_the_bound_click_model_once_per_click(
     app = create_app(make_settings(tmp_path, model_path, documents, click_model_path=click_model_path, click_method="guided_walker"))
     mask, _ = second_click_on_one_forward(app, monkeypatch)
     assert mask[15, 50] and not mask[48, 16]
+
+
+def test_a_projects_promoted_click_model_answers_its_clicks_until_rolled_back(
+    tmp_path, model_path, documents, click_model_path, monkeypatch,  # noqa: F811
+):
+    """The click model a project promoted (`db.registry`, role "clicks": what a training job or
+    `labeler models promote` does) answers that project's clicks without CLICK_MODEL, with
+    guided_walker (the default with a click model); after `labeler models rollback --clicks` the same
+    image's clicks are answered from the maps alone (chained_walker), no click model bound."""
+    import json
+
+    from backend import interactive
+    from db import registry, repository
+    from explain import clicks
+    from models.loading import load_model
+
+    app = create_app(make_settings(tmp_path, model_path, documents))
+    loaded = load_model(click_model_path, kind="clicker")
+    sessions = session_factory(make_engine(f"sqlite:///{tmp_path / 'backend.db'}"))
+    with sessions.begin() as session:
+        project = repository.upsert_project(session, 7, label_studio="")
+        row = registry.add_segmenter(session, project, click_model_path.read_bytes(), loaded.version,
+                                     json.loads(loaded.spec.to_json()), {}, {}, {}, "promoted: by the test")
+        registry.promote(session, project, row.id, "trained")
+    used = []
+    monkeypatch.setattr(interactive, "segment", lambda *args: used.append(args[3]) or clicks.segment(*args))
+    client = app.test_client()
+    answer = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25)]}))
+    assert answer.status_code == 200, answer.json
+    [(_, evidence)] = app.config["BACKEND"].clicks.cache._entries.values()
+    assert evidence.clicker is not None and evidence.clicker.clicker.version == loaded.version
+    assert used == ["guided_walker"]
+
+    with sessions.begin() as session:
+        registry.rollback(session, repository.get_project(session, 7, ""), role="clicks")
+    answer = client.post("/predict", json=click_body({"result": [keypoint(62.5, 25)]}))
+    assert answer.status_code == 200, answer.json
+    assert brush_mask(answer.json["results"][0]["result"], 80, 60)[15, 50]
+    assert used == ["guided_walker", "chained_walker"]
+    assert [e.clicker is None for _, e in app.config["BACKEND"].clicks.cache._entries.values()] == [False, True]

@@ -13,14 +13,15 @@ from backend.app import create_app
 from db import registry, repository
 from db.engine import make_engine, session_factory
 from labeler.cli import app
-from models.loading import load_segmenter
+from models.loading import load_model, load_segmenter
 from test_backend import make_settings
+from test_backend_interactive import click_model_path  # noqa: F401  (a tiny clicker)
 from test_segmenter import models, synthetic_set  # noqa: F401  (a tiny classifier and U-Net)
 
 pytestmark = pytest.mark.train
 
 
-def test_prelabel_follows_the_promoted_segmenter_and_models_commands_switch_it(models, label_studio, ls, tmp_path):  # noqa: F811
+def test_prelabel_follows_the_promoted_segmenter_and_models_commands_switch_it(models, click_model_path, label_studio, ls, tmp_path):  # noqa: F811
     classifier_path, segmenter_path = models
     database_url = f"sqlite:///{tmp_path / 'labeler.db'}"
     env = {
@@ -79,7 +80,29 @@ def test_prelabel_follows_the_promoted_segmenter_and_models_commands_switch_it(m
     assert labeler("models", "promote", model_id).exit_code == 0
     assert backend.test_client().post("/setup", json={"project": f"{project}.1"}).json["model_version"] == version
     foreign = labeler("models", "promote", model_id + 100)
-    assert foreign.exit_code == 2 and f"segmenter {model_id + 100} is not a model of project {project}" in foreign.output
+    assert foreign.exit_code == 2 and f"model {model_id + 100} is not a model of project {project}" in foreign.output
+
+    # a click model has its own stack: promoting it or rolling it back never moves the pre-label source
+    clicker = load_model(click_model_path, kind="clicker")
+    with sessions.begin() as session:
+        clicker_id = registry.add_segmenter(
+            session, repository.get_project(session, int(project)), click_model_path.read_bytes(), clicker.version,
+            json.loads(clicker.spec.to_json()), {}, {"train": [1], "val": [], "test": [3]},
+            {"candidate": {"dice": 0.81, "last": 0.9, "n": 1}, "clicks": 5}, "kept: by the test",
+        ).id
+    listed = labeler("models", "list").output
+    assert "clicks answered by: CLICK_MODEL, else the maps alone" in listed
+    assert f"#{clicker_id}  click model" in listed and "Dice over 5 clicks 0.810" in listed
+    promoted = labeler("models", "promote", clicker_id)
+    assert promoted.exit_code == 0 and f"click model #{clicker_id} now answers the clicks of project {project}" in promoted.output
+    listed = labeler("models", "list").output
+    assert f"clicks answered by: click model #{clicker_id}" in listed and f"pre-labels come from: segmenter #{model_id}" in listed
+    assert f"* #{clicker_id}  click model" in listed and f"* #{model_id}  segmenter" in listed
+    back = labeler("models", "rollback", "--clicks")
+    assert back.exit_code == 0 and "clicks now answered by CLICK_MODEL, else the maps alone" in back.output
+    assert f"pre-labels come from: segmenter #{model_id}" in labeler("models", "list").output
+    none_left = labeler("models", "rollback", "--clicks")
+    assert none_left.exit_code == 2 and "no clicks promotion left" in none_left.output
 
     queued, joined = labeler("train"), labeler("train")
     assert queued.exit_code == 0 and "training job 1 queued" in queued.output

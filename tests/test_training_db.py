@@ -317,6 +317,51 @@ def test_promote_refuses_foreign_segmenters_and_unknown_reasons(session, project
         session.flush()
 
 
+def test_click_models_have_their_own_promotion_stack(session, projects):
+    """A click model (spec kind "clicker") is promoted, listed and rolled back on the "clicks" stack,
+    which never moves the pre-label source, and the other way round; a model is refused for the
+    other role, and an unknown role is refused (by the registry and by the database)."""
+    a, _ = projects
+    segmenter = _segmenter(session, a, b"S")
+    clicker = _segmenter(session, a, b"C", spec={"kind": "clicker", "input": [64, 64, 1]})
+    assert db.role_of(clicker) == "clicks" and db.role_of(segmenter) == "prelabel"
+    db.promote(session, a, segmenter.id, "trained")
+    db.promote(session, a, clicker.id, "trained")  # its role from its kind
+    assert db.current_segmenter(session, a).id == segmenter.id
+    assert db.current_segmenter(session, a, "clicks").id == clicker.id
+    assert db.promotion_stack(session, a, "clicks") == [clicker.id] and db.promotion_stack(session, a) == [segmenter.id]
+    with pytest.raises(ValueError, match=f"model {clicker.id} is a click model: it cannot be promoted for 'prelabel'"):
+        db.promote(session, a, clicker.id, "promote", role="prelabel")
+    with pytest.raises(ValueError, match=f"model {segmenter.id} is a segmenter: it cannot be promoted for 'clicks'"):
+        db.promote(session, a, segmenter.id, "promote", role="clicks")
+    with pytest.raises(ValueError, match="role must be one of"):
+        db.promote(session, a, None, "promote", role="hover")
+    assert db.rollback(session, a, role="clicks").segmenter_id is None
+    assert db.current_segmenter(session, a, "clicks") is None and db.current_segmenter(session, a).id == segmenter.id
+    with pytest.raises(ValueError, match="no clicks promotion left"):
+        db.rollback(session, a, role="clicks")
+    assert [(p.reason, p.segmenter_id) for p in db.promotions_of(session, a, "clicks")] == [("trained", clicker.id), ("rollback", None)]
+    session.commit()
+    session.add(Promotion(project_id=a.id, reason="promote", role="hover"))
+    with pytest.raises(IntegrityError):
+        session.flush()
+
+
+def test_migration_0009_gives_every_earlier_promotion_the_prelabel_role(url, engine, Session):
+    config = db.alembic_config(url)
+    command.downgrade(config, "0008")
+    assert "role" not in {c["name"] for c in sa.inspect(engine).get_columns("promotions")}
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO projects (ls_project_id, label_studio, title, created_at, updated_at) "
+                             "VALUES (7, '', 't', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        project_id = conn.execute(sa.text("SELECT id FROM projects")).scalar_one()
+        conn.execute(sa.text("INSERT INTO promotions (project_id, reason, created_at) VALUES (:p, 'promote', CURRENT_TIMESTAMP)"),
+                     {"p": project_id})
+    command.upgrade(config, "head")
+    with Session() as session:
+        assert session.execute(sa.select(Promotion.role, Promotion.segmenter_id)).all() == [("prelabel", None)]
+
+
 def test_segmenters_list_without_reading_their_weights(engine, Session, projects):
     a, b = projects
     blobs = [bytes([n]) * 4096 for n in range(1, 4)]

@@ -22,6 +22,7 @@ from explain.labelstudio.results import brush_result, choices_result
 from labeler.synthetic import synthetic_radiograph
 from models.splits import split_of
 from test_backend import model_path  # noqa: F401  (the tiny classifier fixture)
+from test_backend_interactive import click_model_path  # noqa: F401  (a tiny clicker that answers one fixed square)
 
 pytestmark = pytest.mark.train
 
@@ -238,3 +239,62 @@ def test_labeler_backend_worker_runs_queued_jobs_without_http(tmp_path, model_pa
         output = worker.communicate(timeout=30)[0]
     assert worker.returncode == 0, output
     assert "Traceback" not in output
+
+
+CLICK_CONFIG = CONFIG.replace(
+    "</View>", '  <KeyPointLabels name="click" toName="image" smart="true"><Label value="Opacity"/></KeyPointLabels>\n</View>'
+)
+
+
+def test_a_project_that_clicks_gets_a_click_model_promoted_only_when_its_clicks_do_better(tmp_path, model_path, click_model_path):  # noqa: F811
+    """With smart tools in the config (TRAIN_CLICKS=auto), a job also trains a click model on the
+    corrected masks and scores it by the simulated annotator's clicks on the held-out tasks against
+    the project's current one (here CLICK_MODEL, a model that always answers one fixed square): it is
+    promoted for clicks and then answers the project's clicks. Trained again on masks "corrected" into
+    a wrong corner, the next one clicks worse and the promoted one stays."""
+    root = tmp_path / "documents"
+    (root / "xrays").mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    truths = {}
+    for n in range(TASKS):
+        image, lesion = synthetic_radiograph(SIZE, n % 4 != 0, rng)
+        cv2.imwrite(str(root / "xrays" / f"{n}.png"), image)
+        truths[100 + n] = lesion
+    settings = Settings(
+        model_path=model_path, database_url=f"sqlite:///{tmp_path / 'backend.db'}", local_files_document_root=root,
+        warmup=False, train_min_tasks=8, train_epochs=4, train_size=64, model_cache_dir=tmp_path / "models",
+        cam_shape="map", click_model_path=click_model_path, click_method="click_model", train_click_steps=60,
+    )
+    app = create_app(settings)
+    client = app.test_client()
+    backend = app.config["BACKEND"]
+    assert client.post("/setup", json={"project": KEY, "schema": CLICK_CONFIG}).status_code == 200
+    for task_id, mask in truths.items():
+        _annotate(client, task_id, mask)
+
+    job_id = _start_training(client)["job"]
+    assert backend.runner.run_next()
+    state, message, _ = _job(app, job_id)
+    assert state == "done" and "; click model #" in message, message
+    with _sessions(app)() as session:
+        project = repository.get_project(session, 4)
+        clicker = registry.current_segmenter(session, project, "clicks")
+        assert clicker is not None and clicker.spec["kind"] == "clicker", message
+        assert f"click model #{clicker.id} promoted for clicks: mean Dice over 5 simulated clicks" in message
+        assert "of CLICK_MODEL on" in message
+        assert clicker.metrics["candidate"]["dice"] > clicker.metrics["incumbent"]["dice"]
+        assert clicker.metrics["candidate"]["n"] == len([t for t in truths if _test_split(t) == "test" and truths[t].any()])
+        first, weights_id = clicker.id, clicker.weights_id
+    assert backend.clicker_for(4, "").version == weights_id  # the project's clicks now go to it
+
+    corner = np.zeros((SIZE, SIZE), bool)
+    corner[:20, :20] = True
+    for task_id in truths:
+        if _test_split(task_id) != "test":
+            _annotate(client, task_id, corner, action="ANNOTATION_UPDATED")
+    job_id = _start_training(client)["job"]
+    assert backend.runner.run_next()
+    state, message, _ = _job(app, job_id)
+    assert state == "done" and f"kept click model #{first} for clicks" in message, message
+    with _sessions(app)() as session:
+        assert registry.current_segmenter(session, repository.get_project(session, 4), "clicks").id == first
