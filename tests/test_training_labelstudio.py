@@ -3,6 +3,7 @@ backend (webhooks), "Start training" (``POST /api/ml/<id>/train``, what the mode
 calls) reaches it as a START_TRAINING webhook, the job trains and promotes a U-Net, Label Studio
 re-pre-labels the open tasks with it (the next /predict uses it) and its version becomes the
 project's active one, so that the Data Manager shows the scores; a worse model is not promoted.
+The project's config has a smart keypoint, so each job also trains and scores a click model.
 
 Label Studio (labeler/studio.py) and the backend (``labeler-backend``, gunicorn, TRAINING=1) run as
 real processes on loopback; the images are synthetic radiographs with known lesions in a
@@ -35,6 +36,7 @@ CONFIG = """<View>
   <Image name="image" value="$image"/>
   <Choices name="diagnosis" toName="image"><Choice value="clear"/><Choice value="opacity"/></Choices>
   <BrushLabels name="mask" toName="image"><Label value="Opacity"/></BrushLabels>
+  <KeyPointLabels name="click" toName="image" smart="true"><Label value="Opacity"/></KeyPointLabels>
 </View>"""
 IMAGES, ANNOTATED, SIZE = 36, 30, 96
 
@@ -51,7 +53,7 @@ def backend(label_studio, tmp_path_factory):
         "LABEL_STUDIO_URL": label_studio.url,  # the token comes from /setup
         "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
         "TRAIN_MIN_TASKS": "8", "TRAIN_EPOCHS": "30", "TRAIN_SIZE": "64", "CAM_SHAPE": "map",
-        "MODEL_CACHE_DIR": str(folder / "models"),
+        "MODEL_CACHE_DIR": str(folder / "models"), "TRAIN_CLICK_STEPS": "60",
     }
     process = BackendProcess.start(settings, folder / "backend.log", timeout=120)
     yield {"url": process.url, "db": database_url, "log": folder / "backend.log"}
@@ -128,6 +130,8 @@ def test_start_training_in_label_studio_promotes_a_model_that_then_pre_labels(la
     assert http.post(f"{label_studio.url}/api/ml/{ml_id}/train", timeout=30).status_code == 200  # "Start training"
     job_id, state, message = _finished_job(backend)
     assert state == "done" and "promoted" in message, message
+    # the config has a smart tool (its annotators click), so the job trained and scored a click model too
+    assert re.search(r"; click model #\d+ (promoted|kept no click model) for clicks: mean Dice over 5 simulated clicks", message), message
 
     # Label Studio re-pre-labels the open tasks with the promoted model, and its version becomes the active one
     version = _wait(lambda: (v := ls.projects.get(id=pid).model_version) and "segmenter:" in v and v, 120)
