@@ -4,9 +4,9 @@ keypoints and rectangles on one task) -> one brush mask (and polygons where conf
 The image's evidence (``Prelabeler.click_evidence``: the lesion map and the lung prior at the
 image's size) is computed once per image and kept in a bounded LRU cache, so the next clicks on
 the same image read no image and run the classifier no more (a click model, the project's promoted
-one or CLICK_MODEL, bound to the image and kept with its evidence, runs once per new click). Interactive answers are drafts that
-the annotator edits (the final annotation arrives by webhook): they are counted in the metrics,
-never stored.
+one or CLICK_MODEL, bound to the image and kept with its evidence, runs once per new click).
+Interactive answers are drafts that the annotator edits (the final annotation arrives by webhook):
+they are counted in the metrics, never stored.
 """
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ class Predictor:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._pipelines: dict[str, Pipeline] = {}
+        self._pipelines: dict[str, object] = {}  # the pipelines, and the click models (``clicker``), by key
         self._models: dict[str, object] = {}
         self._lock = threading.Lock()
 

@@ -81,7 +81,6 @@ class Outcome:
     kind: str
     message: str
     segmenter_id: int | None = None
-    clicker_id: int | None = None
 
 
 def corrected_examples(session, project) -> tuple[list[Example], list[str]]:
@@ -125,7 +124,7 @@ class ProjectTrainer:
 
     def __init__(
         self, settings: Settings, predictor: Predictor, sessions, fetcher_for: Callable[[object], ImageFetcher],
-        current_pipeline: Callable[[int, str], Pipeline], current_clicker: Callable[[int, str], Clicker | None] = lambda *_: None,
+        current_pipeline: Callable[[int, str], Pipeline], current_clicker: Callable[[int, str], Clicker | None],
     ):
         self.settings = settings
         self.predictor = predictor
@@ -194,24 +193,24 @@ class ProjectTrainer:
         outcome = Outcome("promoted" if better else "kept", f"model #{segmenter_id} {verdict}", segmenter_id)
         if not self._trains_clicks(config):
             return outcome
-        message, clicker_id = self._clicker_round(project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress)
-        return dataclasses.replace(outcome, message=f"{outcome.message}; {message}", clicker_id=clicker_id)
+        message = self._clicker_round(project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress)
+        return dataclasses.replace(outcome, message=f"{outcome.message}; {message}")
 
     def _trains_clicks(self, config: str) -> bool:
         """TRAIN_CLICKS: 1, or auto and the labelling config has smart tools (its annotators click)."""
         return self.settings.train_clicks == "1" or (self.settings.train_clicks == "auto" and bool(smart_controls(config)))
 
-    def _clicker_round(self, project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress) -> tuple[str, int | None]:
+    def _clicker_round(self, project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress) -> str:
         """Train a click model on the job's arrays, score it and the project's current one on the test
-        tasks (``_click_scores``), register it and promote it (role "clicks") when its score is higher:
-        (one line saying what happened, its registry id or None when none was trained)."""
+        tasks (``_click_scores``), register it and promote it (role "clicks") when its score is higher;
+        returns one line saying what happened."""
         settings = self.settings
         try:
             click_targets(config, plan)
         except ValueError as exc:
-            return f"click model not trained: {exc}", None
-        if not any(e.results for e in splits["test"]):
-            return "click model not trained: no held-out task has a lesion yet", None
+            return f"click model not trained: {exc}"
+        if not any(result_labels(e.results) for e in splits["test"]):
+            return "click model not trained: no held-out task has a lesion yet"
         with self.sessions() as session:
             project = session.get(Project, project_row_id)
             row = registry.current_segmenter(session, project, "clicks")
@@ -254,7 +253,7 @@ class ProjectTrainer:
             )
             if better:
                 registry.promote(session, project, row.id, "trained", note=verdict, role="clicks")
-            return f"click model #{row.id} {verdict}", row.id
+            return f"click model #{row.id} {verdict}"
 
     def _arrays(self, examples, labels, plan, fetcher, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
         """(N, size, size, 3) uint8 images and (N, size, size, labels) 0/1 masks; a task whose image
@@ -307,7 +306,7 @@ class ProjectTrainer:
         curves: dict[str, list[list[float]]] = {name: [] for name in clickers}
         service = PrelabelService(pipeline.prelabeler, pipeline.loaded.version, plan, fetcher)
         for start in range(0, len(examples), BATCH):
-            part = [e for e in examples[start:start + BATCH] if e.results]
+            part = [e for e in examples[start:start + BATCH] if result_labels(e.results)]
             for example, outcome in zip(part, service.read(_tasks(part, plan.data_key))):
                 if outcome.failure:
                     continue
