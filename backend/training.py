@@ -176,20 +176,10 @@ class ProjectTrainer:
             f"{'<' if better else 'is not below'} {old['edit']:.3f} of {current_name} on {new['n']} held-out task(s) "
             f"(Dice {_text(new['dice'])} vs {_text(old['dice'])})"
         )
-        data = {name: [e.task_id for e in part] for name, part in splits.items()}
-        training = {
-            "size": settings.train_size, "epochs": settings.train_epochs, "best_epoch": report.best_epoch,
-            "val_dice": report.val_dice, "labels": labels, "split": list(SPLIT), "seed": SEED,
-        }
-        with self.sessions.begin() as session:
-            project = session.get(Project, project_row_id)
-            row = registry.add_segmenter(
-                session, project, weights, weights_id, json.loads(spec.to_json()), training, data,
-                {**scores, "incumbent_name": current_name}, verdict, job_id=job_id,
-            )
-            if better:
-                registry.promote(session, project, row.id, "trained", note=verdict)
-            segmenter_id = row.id
+        training = {"size": settings.train_size, "epochs": settings.train_epochs, "best_epoch": report.best_epoch,
+                    "val_dice": report.val_dice, "labels": labels}
+        segmenter_id = self._register(project_row_id, job_id, splits, (weights, weights_id, spec), training,
+                                      {**scores, "incumbent_name": current_name}, verdict, better)
         outcome = Outcome("promoted" if better else "kept", f"model #{segmenter_id} {verdict}", segmenter_id)
         if not self._trains_clicks(config):
             return outcome
@@ -240,20 +230,26 @@ class ProjectTrainer:
             f"{new['dice']:.3f} {'>' if better else 'is not above'} {old['dice']:.3f} of {incumbent_name} on {new['n']} "
             f"held-out lesion(s) (after {CLICKS_SCORED} clicks {new['last']:.3f} vs {old['last']:.3f})"
         )
+        training = {"size": settings.train_size, "steps": settings.train_click_steps, "epochs": epochs,
+                    "best_epoch": report.best_epoch, "val_dice": report.val_dice, "labels": labels}
+        row_id = self._register(project_row_id, job_id, splits, (weights, weights_id, spec), training,
+                                {**scores, "incumbent_name": incumbent_name, "clicks": CLICKS_SCORED}, verdict, better)
+        return f"click model #{row_id} {verdict}"
+
+    def _register(self, project_row_id, job_id, splits, model, training: dict, metrics: dict, verdict: str, better: bool) -> int:
+        """Store a trained model ((.keras bytes, weights id, spec)) with its settings, the task ids
+        of each split, its scores and verdict; promote it (for its own role) when ``better``. Its id."""
+        weights, weights_id, spec = model
         data = {name: [e.task_id for e in part] for name, part in splits.items()}
-        training = {
-            "size": settings.train_size, "steps": settings.train_click_steps, "epochs": epochs, "best_epoch": report.best_epoch,
-            "val_dice": report.val_dice, "labels": labels, "split": list(SPLIT), "seed": SEED,
-        }
         with self.sessions.begin() as session:
             project = session.get(Project, project_row_id)
             row = registry.add_segmenter(
-                session, project, weights, weights_id, json.loads(spec.to_json()), training, data,
-                {**scores, "incumbent_name": incumbent_name, "clicks": CLICKS_SCORED}, verdict, job_id=job_id,
+                session, project, weights, weights_id, json.loads(spec.to_json()),
+                {**training, "split": list(SPLIT), "seed": SEED}, data, metrics, verdict, job_id=job_id,
             )
             if better:
-                registry.promote(session, project, row.id, "trained", note=verdict, role="clicks")
-            return f"click model #{row.id} {verdict}"
+                registry.promote(session, project, row.id, "trained", note=verdict)
+            return row.id
 
     def _arrays(self, examples, labels, plan, fetcher, pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
         """(N, size, size, 3) uint8 images and (N, size, size, labels) 0/1 masks; a task whose image

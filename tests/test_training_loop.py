@@ -41,8 +41,9 @@ def _test_split(task_id: int) -> str:
     return split_of(f"task-{task_id}", 0, (0.7, 0.15, 0.15))
 
 
-@pytest.fixture
-def app(tmp_path, model_path):  # noqa: F811
+def _documents(tmp_path):
+    """TASKS synthetic radiographs (every fourth clear) under ``documents/xrays``: (the root, their
+    true lesions by task id)."""
     root = tmp_path / "documents"
     (root / "xrays").mkdir(parents=True)
     rng = np.random.default_rng(5)
@@ -51,6 +52,12 @@ def app(tmp_path, model_path):  # noqa: F811
         image, lesion = synthetic_radiograph(SIZE, n % 4 != 0, rng)
         cv2.imwrite(str(root / "xrays" / f"{n}.png"), image)
         truths[100 + n] = lesion
+    return root, truths
+
+
+@pytest.fixture
+def app(tmp_path, model_path):  # noqa: F811
+    root, truths = _documents(tmp_path)
     settings = Settings(
         model_path=model_path, database_url=f"sqlite:///{tmp_path / 'backend.db'}", local_files_document_root=root,
         warmup=False, train_min_tasks=8, train_epochs=12, train_size=64, model_cache_dir=tmp_path / "models",
@@ -252,14 +259,7 @@ def test_a_project_that_clicks_gets_a_click_model_promoted_only_when_its_clicks_
     the project's current one (here CLICK_MODEL, a model that always answers one fixed square): it is
     promoted for clicks and then answers the project's clicks. Trained again on masks "corrected" into
     a wrong corner, the next one clicks worse and the promoted one stays."""
-    root = tmp_path / "documents"
-    (root / "xrays").mkdir(parents=True)
-    rng = np.random.default_rng(5)
-    truths = {}
-    for n in range(TASKS):
-        image, lesion = synthetic_radiograph(SIZE, n % 4 != 0, rng)
-        cv2.imwrite(str(root / "xrays" / f"{n}.png"), image)
-        truths[100 + n] = lesion
+    root, truths = _documents(tmp_path)
     settings = Settings(
         model_path=model_path, database_url=f"sqlite:///{tmp_path / 'backend.db'}", local_files_document_root=root,
         warmup=False, train_min_tasks=8, train_epochs=4, train_size=64, model_cache_dir=tmp_path / "models",
