@@ -21,7 +21,12 @@ pre-label (its Dice and ``models.agreement.edit_fraction``). The default methods
 click model (``explain.clicks.NEEDS_CLICKER``), are the ones with the lowest real VALIDATION NoC@0.85
 (tie: Dice@3) on each side; test never chooses. Latency: 1024 x 1024.
 
-    python benchmarks/clicks.py --out BENCHMARKS.md [--quick]
+By masks (``--only masks``, also in a full run; its own section): the real TEST split's clicks
+with click models trained on seeded subsets of the val lesion masks (``BY_MASKS``, each size on
+``BY_MASKS_SEEDS`` subsets, averaged) and on all of them, beside no click model at all: how the
+clicks fall as a team corrects more masks (what the backend's training jobs feed the click model).
+
+    python benchmarks/clicks.py --out BENCHMARKS.md [--quick] [--only real|bench|masks]
 """
 from __future__ import annotations
 
@@ -47,6 +52,9 @@ import prelabel_quality  # noqa: E402  benchmarks/prelabel_quality.py
 from results import hardware, load_average, write_section  # noqa: E402
 
 MARKERS = ("<!-- clicks:start -->", "<!-- clicks:end -->")
+MASKS_MARKERS = ("<!-- clicks-by-masks:start -->", "<!-- clicks-by-masks:end -->")
+BY_MASKS = (8, 16)  # val lesion masks a click model learns from, besides all of them
+BY_MASKS_SEEDS = (0, 1)
 MAX_CLICKS = 20
 GOALS = (0.80, 0.85)
 AT = (1, 3, 5)
@@ -209,6 +217,61 @@ def run_split(cases: list[dict], methods) -> dict:
     return result
 
 
+def by_masks(cases: dict[str, list[dict]], seed: int, steps: int = CLICK_STEPS) -> list[dict]:
+    """Per number of val lesion masks (0: no click model, ``BY_MASKS``, all): the test split's
+    ``run_split`` of guided_walker and click_model (chained_walker without a click model) with click
+    models trained on seeded subsets of that many val cases, averaged over the subsets."""
+    import dataclasses
+
+    from models.clicking import Clicker
+    from models.loading import load_model
+
+    val, test = cases["val"], cases["test"]
+    plain = [{**c, "evidence": dataclasses.replace(c["evidence"], clicker=None)} for c in test]
+    rows = [{"masks": 0, "subsets": 1, "methods": run_split(plain, ("chained_walker",))["methods"]}]
+    for n in (*[n for n in BY_MASKS if n < len(val)], len(val)):
+        runs = []
+        for subset_seed in BY_MASKS_SEEDS if n < len(val) else (None,):
+            if subset_seed is None:
+                model = click_model(val, "real-val", seed, steps)  # with_click_models' test model
+            else:
+                subset = [val[i] for i in np.random.default_rng(subset_seed).permutation(len(val))[:n]]
+                model = click_model(subset, f"real-val-n{n}-s{subset_seed}", seed, steps)
+            clicker = Clicker(load_model(model["path"], kind="clicker"))
+            bound = [{**c, "evidence": dataclasses.replace(c["evidence"], clicker=clicker.on(c["evidence"].gray))} for c in test]
+            runs.append(run_split(bound, ("guided_walker", "click_model"))["methods"])
+        rows.append({"masks": n, "subsets": len(runs), "methods": {
+            method: {key: float(np.mean([r[method][key] for r in runs])) for key in runs[0][method]} for method in runs[0]}})
+    return rows
+
+
+def by_masks_report(rows: list[dict], args, seconds: float, command: str) -> str:
+    machine = hardware()
+    lines = [
+        MASKS_MARKERS[0],
+        f"### Click to segment: clicks against the corrected masks the click model learnt from{' (quick)' if args.quick else ''}",
+        "",
+        f"{datetime.date.today().isoformat()}; {machine['cpu']}, {machine['cores']} cores, CPU only. Command: "
+        f"`python benchmarks/clicks.py --out {args.out} --only masks{' --quick' * args.quick}` (also part of a full run), "
+        f"{seconds / 60:.1f} min for this table (click models trained once are cached in `.cache`). "
+        f"The real lesion masks' TEST split, the annotator and evidence of the section above; click models trained as "
+        f"`{command}` ({CLICK_STEPS} steps: the epochs follow the number of masks) on seeded subsets of the VAL "
+        f"lesion masks (subset seeds {', '.join(map(str, BY_MASKS_SEEDS))}, averaged) and on all of them (the test "
+        "model above); 0 masks: no click model (`chained_walker`). A backend "
+        "training job promotes a click model only when its simulated clicks on the project's held-out tasks beat the "
+        "current answer's, which is what keeps a click model trained on too few masks out.",
+        "",
+        "| val masks learnt from | method | Dice@1 | Dice@3 | Dice@5 | NoC@0.80 | NoC@0.85 | reached 0.85 |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        for method, m in row["methods"].items():
+            lines.append(f"| {row['masks']} | {method} | {m['dice@1']:.3f} | {m['dice@3']:.3f} | {m['dice@5']:.3f} | "
+                         f"{m['noc@0.80']:.2f} | {m['noc@0.85']:.2f} | {m['reached']:.2f} |")
+    lines += ["", MASKS_MARKERS[1]]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- latency
 
 
@@ -352,14 +415,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write the section into")
     parser.add_argument("--quick", action="store_true", help="a few images per split, for development")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all)")
-    parser.add_argument("--only", choices=("real", "bench"), help="one data set")
+    parser.add_argument("--only", choices=("real", "bench", "masks"), help="one data set, or the clicks by masks learnt from")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     started = time.perf_counter()
     thin = (lambda items: items[::4]) if args.quick else (lambda items: items)
     runs, timings = {}, {}
-    if args.only in (None, "real"):
+    if args.only in (None, "real", "masks"):
         splits, train = prelabel_quality.real_items(args.seed)
         model = prelabel_quality.real_classifier(train, 40, args.seed)
         roi = prelabel_quality.lung_roi_model("real", seed=args.seed)
@@ -370,8 +433,18 @@ def main(argv=None) -> None:
         for split, items in splits.items():
             cases[split] = evidence_of(model["path"], roi["path"], thin(items))
             print(f"[real {split}] {len(cases[split])} images, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        steps = CLICK_STEPS // 10 if args.quick else CLICK_STEPS
+        if args.only == "masks" or (args.only is None and NEEDS_CLICKER & set(methods)):
+            masks_started = time.perf_counter()
+            rows = by_masks(cases, args.seed, steps)
+            command = click_model(cases["val"], "real-val", args.seed, steps)["command"]
+            text = by_masks_report(rows, args, time.perf_counter() - masks_started, command)
+            print(text)
+            write_section(args.out, *MASKS_MARKERS, text)
+            if args.only == "masks":
+                return
         if NEEDS_CLICKER & set(methods):
-            run["clicker"] = with_click_models(cases, "real", args.seed, CLICK_STEPS // 10 if args.quick else CLICK_STEPS)
+            run["clicker"] = with_click_models(cases, "real", args.seed, steps)
         for split in splits:
             run[split] = run_split(cases[split], methods)
         runs["real"] = run
