@@ -1,6 +1,7 @@
 """``labeler train`` and ``labeler models``: queue a training job for a project, follow it, and
-list, promote or roll back the project's trained models (segmenters and click models), all through our database (``db.jobs``,
-``db.registry``); the jobs themselves run in the backend (TRAINING=1) or ``labeler-backend worker``."""
+list, promote or roll back the project's trained models (segmenters and click models), all
+through our database (``db.jobs``, ``db.registry``); the jobs themselves run in the backend
+(TRAINING=1) or ``labeler-backend worker``."""
 from __future__ import annotations
 
 import json

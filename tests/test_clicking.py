@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from explain.clicks import Box, Click, Evidence, segment
-from models.clicking import CLICK_RADIUS, Clicker, brightness, click_input, error_click, fit_clicker
+from models.clicking import CLICK_RADIUS, Clicker, brightness, click_curve, click_input, error_click, fit_clicker
 from models.loading import load_model, save_model
 from models.spec import CLICK_CHANNELS, ModelSpec
 
@@ -212,3 +212,24 @@ def test_guided_walker_follows_the_models_answer_and_keeps_every_click():
     assert segment(blind, [Click(80, 60)], method="guided_walker")[60, 80]
     with pytest.raises(ValueError, match="needs a click model .*CLICK_MODEL"):
         segment(Evidence(gray, evidence.heat), [Click(80, 60)], method="guided_walker")
+
+
+def test_click_curve_clicks_the_largest_error_first_and_repeats_the_last_dice_once_done():
+    """The simulated annotator shared by the click model's validation, the benchmark and the
+    backend's training jobs: the first click at the centre of the larger lesion, the next in the one
+    still missed; a right answer (or ``done``) ends the clicking and its Dice fills the curve."""
+    truth = np.zeros((20, 20), bool)
+    truth[1:8, 1:8] = True  # 49 px
+    truth[12:17, 12:17] = True  # 25 px
+    seen = []
+
+    def answer(points):
+        seen.append(list(points))
+        _, labels = cv2.connectedComponents(truth.view(np.uint8))
+        return np.isin(labels, [labels[r, c] for r, c, positive in points if positive and truth[r, c]])
+
+    curve = click_curve(answer, truth, 5)
+    assert seen == [[(4, 4, True)], [(4, 4, True), (14, 14, True)]]
+    assert curve == pytest.approx([2 * 49 / (49 + 74), 1.0, 1.0, 1.0, 1.0])
+    seen.clear()
+    assert click_curve(answer, truth, 3, done=lambda scores: True) == pytest.approx([2 * 49 / 123] * 3) and len(seen) == 1
