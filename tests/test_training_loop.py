@@ -268,6 +268,14 @@ def test_a_project_that_clicks_gets_a_click_model_promoted_only_when_its_clicks_
     app = create_app(settings)
     client = app.test_client()
     backend = app.config["BACKEND"]
+    trainer = backend.trainer  # TRAIN_CLICKS: auto follows the config's smart tools; 1 and 0 override it
+    assert trainer._trains_clicks(CLICK_CONFIG) and not trainer._trains_clicks(CONFIG)
+    for value, expected in (("0", False), ("1", True)):
+        trainer.settings = Settings.from_env({"MODEL_PATH": "m.keras", "TRAIN_CLICKS": value})
+        assert trainer._trains_clicks(CLICK_CONFIG) is expected and trainer._trains_clicks(CONFIG) is expected
+    trainer.settings = settings
+    with pytest.raises(ValueError, match="TRAIN_CLICKS must be one of auto, 1, 0, got 'sometimes'"):
+        Settings.from_env({"MODEL_PATH": "m.keras", "TRAIN_CLICKS": "sometimes"})
     assert client.post("/setup", json={"project": KEY, "schema": CLICK_CONFIG}).status_code == 200
     for task_id, mask in truths.items():
         _annotate(client, task_id, mask)
