@@ -84,6 +84,8 @@ class JobRunner:
         finally:
             self.metrics.training_running.dec()
         self.metrics.training_jobs.labels(outcome=outcome.kind).inc()
+        if outcome.clicks is not None:
+            self.metrics.click_models.labels(outcome=outcome.clicks).inc()
         if outcome.kind == "promoted" and self.after_promotion is not None:
             self.after_promotion(project_id)
         return True

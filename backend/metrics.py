@@ -39,6 +39,10 @@ class Metrics:
             "labeler_training_jobs", "Finished training jobs by outcome: promoted, kept (the current pre-labeller "
             "did as well or better), not_trained (too few corrected masks), failed", ["outcome"], registry=self.registry,
         )
+        self.click_models = Counter(
+            "labeler_click_models", "Click models trained by training jobs, by outcome: promoted (for the project's "
+            "clicks), kept (the current answer clicked as well or better), not_trained", ["outcome"], registry=self.registry,
+        )
         self.training_running = Gauge(
             "labeler_training_running", "Training jobs running now", registry=self.registry, multiprocess_mode="livesum"
         )

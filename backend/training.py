@@ -75,12 +75,14 @@ class Example:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a job ends with: ``message`` (one line) and the registered model's id, when one was
-    trained; ``kind`` is "promoted", "kept" or "not_trained" (the metrics count them)."""
+    """What a job ends with: ``message`` (one line) and the registered segmenter's id, when one was
+    trained; ``kind`` is "promoted", "kept" or "not_trained", and ``clicks`` the same for the click
+    model (None: the job trains none) (the metrics count them)."""
 
     kind: str
     message: str
     segmenter_id: int | None = None
+    clicks: str | None = None
 
 
 def corrected_examples(session, project) -> tuple[list[Example], list[str]]:
@@ -183,24 +185,24 @@ class ProjectTrainer:
         outcome = Outcome("promoted" if better else "kept", f"model #{segmenter_id} {verdict}", segmenter_id)
         if not self._trains_clicks(config):
             return outcome
-        message = self._clicker_round(project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress)
-        return dataclasses.replace(outcome, message=f"{outcome.message}; {message}")
+        clicks, message = self._clicker_round(project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress)
+        return dataclasses.replace(outcome, message=f"{outcome.message}; {message}", clicks=clicks)
 
     def _trains_clicks(self, config: str) -> bool:
         """TRAIN_CLICKS: 1, or auto and the labelling config has smart tools (its annotators click)."""
         return self.settings.train_clicks == "1" or (self.settings.train_clicks == "auto" and bool(smart_controls(config)))
 
-    def _clicker_round(self, project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress) -> str:
+    def _clicker_round(self, project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress) -> tuple[str, str]:
         """Train a click model on the job's arrays, score it and the project's current one on the test
         tasks (``_click_scores``), register it and promote it (role "clicks") when its score is higher;
-        returns one line saying what happened."""
+        returns ("promoted" | "kept" | "not_trained", one line saying what happened)."""
         settings = self.settings
         try:
             click_targets(config, plan)
         except ValueError as exc:
-            return f"click model not trained: {exc}"
+            return "not_trained", f"click model not trained: {exc}"
         if not any(result_labels(e.results) for e in splits["test"]):
-            return "click model not trained: no held-out task has a lesion yet"
+            return "not_trained", "click model not trained: no held-out task has a lesion yet"
         with self.sessions() as session:
             project = session.get(Project, project_row_id)
             row = registry.current_segmenter(session, project, "clicks")
@@ -234,7 +236,7 @@ class ProjectTrainer:
                     "best_epoch": report.best_epoch, "val_dice": report.val_dice, "labels": labels}
         row_id = self._register(project_row_id, job_id, splits, (weights, weights_id, spec), training,
                                 {**scores, "incumbent_name": incumbent_name, "clicks": CLICKS_SCORED}, verdict, better)
-        return f"click model #{row_id} {verdict}"
+        return "promoted" if better else "kept", f"click model #{row_id} {verdict}"
 
     def _register(self, project_row_id, job_id, splits, model, training: dict, metrics: dict, verdict: str, better: bool) -> int:
         """Store a trained model ((.keras bytes, weights id, spec)) with its settings, the task ids

@@ -34,7 +34,8 @@ CLICK_RADIUS = 3 / 128  # a click's disc in the input, fraction of the input's l
 # -> 8.40 / 9.97 / 9.73 and 7.27 / 7.83 / 7.63: the image alone kept (and no classifier ties it). Neither
 # started from the lesion bench's click model (fine-tuned 600 steps at 1e-3 / 300 at 3e-4: 9.13 / 10.40 and
 # 7.77 / 7.87; the bench model alone 16.83 / 9.53) nor more augmentation (horizontal flips: 9.43 / 8.03; flips
-# and twice the rotation, zoom and shift: 9.27 / 8.03) did better: kept as is.
+# and twice the rotation, zoom and shift: 9.27 / 8.03) did better, nor averaging each answer with that of the
+# mirrored input at inference (8.27 / 7.40): kept as is.
 CHAIN = 4
 JITTER = 0.3  # training: this share of clicks lands anywhere in the error's inner half, not its centre
 VAL_CLICKS = 5  # validation: mean Dice after 1 .. VAL_CLICKS simulated clicks

@@ -306,3 +306,6 @@ def test_a_project_that_clicks_gets_a_click_model_promoted_only_when_its_clicks_
     assert state == "done" and f"kept click model #{first} for clicks" in message, message
     with _sessions(app)() as session:
         assert registry.current_segmenter(session, repository.get_project(session, 4), "clicks").id == first
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'labeler_click_models_total{outcome="promoted"} 1.0' in metrics
+    assert 'labeler_click_models_total{outcome="kept"} 1.0' in metrics
