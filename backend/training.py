@@ -36,7 +36,7 @@ from backend.predictor import Pipeline, Predictor
 from db import registry
 from db.corrected import chosen_annotations, read_tasks
 from db.schema import Project
-from explain.clicks import Click, segment
+from explain.clicks import NEEDS_CLICKER, Click, segment
 from explain.images import to_uint8
 from explain.labelstudio.configs import click_targets, plan_for, region_labels, smart_controls
 from explain.labelstudio.fetch import ImageFetcher
@@ -189,8 +189,12 @@ class ProjectTrainer:
         return dataclasses.replace(outcome, message=f"{outcome.message}; {message}", clicks=clicks)
 
     def _trains_clicks(self, config: str) -> bool:
-        """TRAIN_CLICKS: 1, or auto and the labelling config has smart tools (its annotators click)."""
-        return self.settings.train_clicks == "1" or (self.settings.train_clicks == "auto" and bool(smart_controls(config)))
+        """TRAIN_CLICKS: 1, or auto and the labelling config has smart tools (its annotators click);
+        never when CLICK_METHOD names a method that uses no click model."""
+        settings = self.settings
+        if settings.click_method is not None and settings.click_method not in NEEDS_CLICKER:
+            return False
+        return settings.train_clicks == "1" or (settings.train_clicks == "auto" and bool(smart_controls(config)))
 
     def _clicker_round(self, project_row_id, job_id, config, plan, splits, labels, train, val, fetcher, current, progress) -> tuple[str, str]:
         """Train a click model on the job's arrays, score it and the project's current one on the test

@@ -273,6 +273,8 @@ def test_a_project_that_clicks_gets_a_click_model_promoted_only_when_its_clicks_
     for value, expected in (("0", False), ("1", True)):
         trainer.settings = Settings.from_env({"MODEL_PATH": "m.keras", "TRAIN_CLICKS": value})
         assert trainer._trains_clicks(CLICK_CONFIG) is expected and trainer._trains_clicks(CONFIG) is expected
+    trainer.settings = Settings.from_env({"MODEL_PATH": "m.keras", "TRAIN_CLICKS": "1", "CLICK_METHOD": "grabcut"})
+    assert not trainer._trains_clicks(CLICK_CONFIG)  # a click model would answer no click
     trainer.settings = settings
     with pytest.raises(ValueError, match="TRAIN_CLICKS must be one of auto, 1, 0, got 'sometimes'"):
         Settings.from_env({"MODEL_PATH": "m.keras", "TRAIN_CLICKS": "sometimes"})
