@@ -15,7 +15,7 @@ from explain.anatomy import PriorSettings
 from explain.prelabel import Prelabeler, PrelabelSettings
 from explain.prelabel import prelabel_settings as shared_prelabel_settings
 from explain.sources import source_named
-from models.loading import LoadedModel, load_classifier, load_model, load_segmenter, unpack_model, unpack_segmenter, with_mixed_precision
+from models.loading import LoadedModel, load_classifier, load_model, load_segmenter, unpack_clicker, unpack_segmenter, with_mixed_precision
 from models.segmentation import Segmenter
 from models.spec import load_spec
 
@@ -142,7 +142,7 @@ class Predictor:
             if weights_id is None:
                 path = self.settings.click_model_path
             else:
-                path = unpack_model(*stored(), self.settings.model_cache_dir, f"clicker-{weights_id}")
+                path = unpack_clicker(*stored(), weights_id, self.settings.model_cache_dir)
             return Clicker(load_model(path, kind="clicker"))
 
         return self._cached(f"clicker:{weights_id or 'CLICK_MODEL'}", load)

@@ -44,7 +44,7 @@ from explain.labelstudio.results import drawn_results, label_masks, result_label
 from explain.service import PrelabelService
 from models.agreement import dice, edit_fraction
 from models.clicking import Clicker, click_curve, fit_clicker
-from models.loading import load_model, load_segmenter, model_file_bytes, unpack_model, unpack_segmenter, weights_version
+from models.loading import load_model, load_segmenter, model_file_bytes, unpack_clicker, unpack_segmenter, weights_version
 from models.segmentation import Segmenter, fit_unet
 from models.splits import carve_validation, split_of, stored_patient
 
@@ -202,7 +202,7 @@ class ProjectTrainer:
         returns ("promoted" | "kept" | "not_trained", one line saying what happened)."""
         settings = self.settings
         try:
-            click_targets(config, plan)
+            wanted = click_targets(config, plan).wanted(None)
         except ValueError as exc:
             return "not_trained", f"click model not trained: {exc}"
         if not any(result_labels(e.results) for e in splits["test"]):
@@ -224,9 +224,10 @@ class ProjectTrainer:
             size=settings.train_size, epochs=epochs, seed=SEED, verbose=0,
         )
         weights, weights_id = model_file_bytes(model), weights_version(model)
-        candidate = Clicker(load_model(unpack_model(weights, spec.to_json(), settings.model_cache_dir, f"clicker-{weights_id}"), kind="clicker"))
+        path = unpack_clicker(weights, spec.to_json(), weights_id, settings.model_cache_dir)
+        candidate = Clicker(load_model(path, kind="clicker"))
         progress(f"scoring the click model on {len(splits['test'])} held-out tasks")
-        scores = self._click_scores(splits["test"], labels, config, plan, fetcher, current, {"candidate": candidate, "incumbent": incumbent})
+        scores = self._click_scores(splits["test"], labels, plan, wanted, fetcher, current, {"candidate": candidate, "incumbent": incumbent})
         new, old = scores["candidate"], scores["incumbent"]
         if not new["n"]:
             raise ValueError("no held-out image with a lesion could be read")
@@ -299,12 +300,12 @@ class ProjectTrainer:
             size=self.settings.train_size, epochs=epochs, seed=SEED, verbose=0, callbacks=[Report()],
         )
 
-    def _click_scores(self, examples, labels, config, plan, fetcher, pipeline: Pipeline, clickers: dict) -> dict[str, dict]:
+    def _click_scores(self, examples, labels, plan, wanted, fetcher, pipeline: Pipeline, clickers: dict) -> dict[str, dict]:
         """Per click model (None: none): ``dice``, the mean over the held-out tasks with a lesion of
         the mean Dice after 1 .. CLICKS_SCORED clicks of the simulated annotator on the union of the
-        labels, each click answered as the backend answers it (``pipeline``'s evidence, the method
-        of CLICK_METHOD or its default); ``last``, the mean Dice after the last; ``n`` tasks."""
-        wanted = click_targets(config, plan).wanted(None)
+        labels, each click answered as the backend answers it (``pipeline``'s evidence for the
+        ``wanted`` classes, the method of CLICK_METHOD or its default); ``last``, the mean Dice
+        after the last; ``n`` tasks."""
         curves: dict[str, list[list[float]]] = {name: [] for name in clickers}
         service = PrelabelService(pipeline.prelabeler, pipeline.loaded.version, plan, fetcher)
         for start in range(0, len(examples), BATCH):

@@ -62,6 +62,11 @@ def unpack_segmenter(weights: bytes, spec_json: str, weights_id: str, folder: st
     return unpack_model(weights, spec_json, folder, f"segmenter-{weights_id}")
 
 
+def unpack_clicker(weights: bytes, spec_json: str, weights_id: str, folder: str | Path = MODEL_CACHE) -> Path:
+    """A registry click model (``db.registry``) as ``folder/clicker-<weights id>.keras`` (``unpack_model``)."""
+    return unpack_model(weights, spec_json, folder, f"clicker-{weights_id}")
+
+
 def unpack_model(weights: bytes, spec_json: str, folder: str | Path, name: str) -> Path:
     """Write a stored model (its ``.keras`` bytes and spec JSON) as ``folder/<name>.keras`` with its
     spec beside it, once (an existing, complete copy is reused); returns the model's path."""
