@@ -35,7 +35,8 @@ CLICK_RADIUS = 3 / 128  # a click's disc in the input, fraction of the input's l
 # started from the lesion bench's click model (fine-tuned 600 steps at 1e-3 / 300 at 3e-4: 9.13 / 10.40 and
 # 7.77 / 7.87; the bench model alone 16.83 / 9.53) nor more augmentation (horizontal flips: 9.43 / 8.03; flips
 # and twice the rotation, zoom and shift: 9.27 / 8.03) did better, nor averaging each answer with that of the
-# mirrored input at inference (8.27 / 7.40): kept as is.
+# mirrored input at inference (8.27 / 7.40), nor starting from a click model trained on the 40 train patients'
+# LUNG masks (120 epochs; fine-tuned 600 steps at 1e-3 / 3e-4: 8.87 / 8.47 and 7.13 / 7.30): kept as is.
 CHAIN = 4
 JITTER = 0.3  # training: this share of clicks lands anywhere in the error's inner half, not its centre
 VAL_CLICKS = 5  # validation: mean Dice after 1 .. VAL_CLICKS simulated clicks
