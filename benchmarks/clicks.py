@@ -23,8 +23,10 @@ click model (``explain.clicks.NEEDS_CLICKER``), are the ones with the lowest rea
 
 By masks (``--only masks``, also in a full run; its own section): the real TEST split's clicks
 with click models trained on seeded subsets of the val lesion masks (``BY_MASKS``, each size on
-``BY_MASKS_SEEDS`` subsets, averaged) and on all of them, beside no click model at all: how the
-clicks fall as a team corrects more masks (what the backend's training jobs feed the click model).
+``BY_MASKS_SEEDS`` subsets, averaged) and on all of them, beside no click model at all, and, the
+curve's last point, each test image answered by a click model trained on the val masks plus those of
+the other test folds (patient-level: never its own patient): how the clicks fall as a team corrects
+more masks (what the backend's training jobs feed the click model).
 
     python benchmarks/clicks.py --out BENCHMARKS.md [--quick] [--only real|bench|masks]
 """
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -173,30 +176,43 @@ def with_click_models(cases: dict[str, list[dict]], name: str, seed: int, steps:
     """Bind a click model to every case's evidence (``Evidence.clicker``), never one trained on its own
     patient: val cases get the model of the other val folds (patient-level, seeded), test cases the model
     trained on all val cases. Returns how they were trained."""
+    by_patient = cross_fitted(cases["val"], f"{name}-val", seed, steps)
+    bind(cases["val"], lambda case: by_patient[str(case["item"]["patient"])])
+    model = click_model(cases["val"], f"{name}-val", seed, steps)
+    bind(cases["test"], lambda case: model)
+    return {"command": model["command"], "folds": CLICK_FOLDS}
+
+
+def cross_fitted(cases: list[dict], name: str, seed: int, steps: int, also: Sequence[dict] = ()) -> dict[str, dict]:
+    """Per patient of ``cases``: the click model (``click_model``) trained on ``also`` and the cases of
+    the other ``patient_folds``, never on the patient's own."""
+    out = {}
+    for k, fold in enumerate(patient_folds(cases, seed)):
+        model = click_model([*also, *(c for c in cases if str(c["item"]["patient"]) not in fold)], f"{name}-fold{k}", seed, steps)
+        out.update({patient: model for patient in fold})
+    return out
+
+
+def bind(cases: list[dict], model_of: Callable[[dict], dict]) -> None:
+    """Bind each case's evidence, in place, to the click model ``model_of(case)`` (each loaded once)."""
     import dataclasses
 
     from models.clicking import Clicker
     from models.loading import load_model
 
     loaded: dict[Path, Clicker] = {}
+    for case in cases:
+        path = model_of(case)["path"]
+        if path not in loaded:
+            loaded[path] = Clicker(load_model(path, kind="clicker"))
+        case["evidence"] = dataclasses.replace(case["evidence"], clicker=loaded[path].on(case["evidence"].gray))
 
-    def bind(case, model):
-        if model["path"] not in loaded:
-            loaded[model["path"]] = Clicker(load_model(model["path"], kind="clicker"))
-        clicker = loaded[model["path"]]
-        case["evidence"] = dataclasses.replace(case["evidence"], clicker=clicker.on(case["evidence"].gray))
 
-    patients = sorted({str(c["item"]["patient"]) for c in cases["val"]})
+def patient_folds(cases: list[dict], seed: int) -> list[set[str]]:
+    """The cases' patients in ``CLICK_FOLDS`` seeded folds (sets of patient keys)."""
+    patients = sorted({str(c["item"]["patient"]) for c in cases})
     order = list(np.random.default_rng(seed).permutation(patients))
-    folds = [set(order[i::CLICK_FOLDS]) for i in range(CLICK_FOLDS)]
-    for k, fold in enumerate(folds):
-        model = click_model([c for c in cases["val"] if str(c["item"]["patient"]) not in fold], f"{name}-val-fold{k}", seed, steps)
-        for case in (c for c in cases["val"] if str(c["item"]["patient"]) in fold):
-            bind(case, model)
-    model = click_model(cases["val"], f"{name}-val", seed, steps)
-    for case in cases["test"]:
-        bind(case, model)
-    return {"command": model["command"], "folds": CLICK_FOLDS}
+    return [set(order[i::CLICK_FOLDS]) for i in range(CLICK_FOLDS)]
 
 
 def run_split(cases: list[dict], methods) -> dict:
@@ -218,13 +234,12 @@ def run_split(cases: list[dict], methods) -> dict:
 
 
 def by_masks(cases: dict[str, list[dict]], seed: int, steps: int = CLICK_STEPS) -> list[dict]:
-    """Per number of val lesion masks (0: no click model, ``BY_MASKS``, all): the test split's
-    ``run_split`` of guided_walker and click_model (chained_walker without a click model) with click
-    models trained on seeded subsets of that many val cases, averaged over the subsets."""
+    """Per number of lesion masks learnt from (0: no click model, ``BY_MASKS``, all val, all val plus
+    the other test folds'): the test split's ``run_split`` of guided_walker and click_model
+    (chained_walker without a click model) with click models trained on seeded subsets of that many
+    val cases, averaged over the subsets; in the last row each test fold has its own click model
+    (``patient_folds``) and ``masks`` is their mean number of masks."""
     import dataclasses
-
-    from models.clicking import Clicker
-    from models.loading import load_model
 
     val, test = cases["val"], cases["test"]
     plain = [{**c, "evidence": dataclasses.replace(c["evidence"], clicker=None)} for c in test]
@@ -237,12 +252,19 @@ def by_masks(cases: dict[str, list[dict]], seed: int, steps: int = CLICK_STEPS) 
             else:
                 subset = [val[i] for i in np.random.default_rng(subset_seed).permutation(len(val))[:n]]
                 model = click_model(subset, f"real-val-n{n}-s{subset_seed}", seed, steps)
-            clicker = Clicker(load_model(model["path"], kind="clicker"))
-            bound = [{**c, "evidence": dataclasses.replace(c["evidence"], clicker=clicker.on(c["evidence"].gray))} for c in test]
+            bound = [dict(c) for c in test]
+            bind(bound, lambda case: model)
             runs.append(run_split(bound, ("guided_walker", "click_model"))["methods"])
         rows.append({"masks": n, "subsets": len(runs), "methods": {
             method: {key: float(np.mean([r[method][key] for r in runs])) for key in runs[0][method]} for method in runs[0]}})
+    by_patient = cross_fitted(test, "real-valtest", seed, steps, also=val)
+    bound = [dict(c) for c in test]
+    bind(bound, lambda case: by_patient[str(case["item"]["patient"])])
+    learnt = [len(val) + sum(str(c["item"]["patient"]) not in fold for c in test) for fold in patient_folds(test, seed)]
+    rows.append({"masks": round(float(np.mean(learnt))), "subsets": len(learnt), "other_test_folds": True,
+                 "methods": run_split(bound, ("guided_walker", "click_model"))["methods"]})
     return rows
+
 
 
 def by_masks_report(rows: list[dict], args, seconds: float, command: str) -> str:
@@ -257,16 +279,19 @@ def by_masks_report(rows: list[dict], args, seconds: float, command: str) -> str
         f"The real lesion masks' TEST split, the annotator and evidence of the section above; click models trained as "
         f"`{command}` ({CLICK_STEPS} steps: the epochs follow the number of masks) on seeded subsets of the VAL "
         f"lesion masks (subset seeds {', '.join(map(str, BY_MASKS_SEEDS))}, averaged) and on all of them (the test "
-        "model above); 0 masks: no click model (`chained_walker`). A backend "
+        "model above); 0 masks: no click model (`chained_walker`); the last rows: the test patients in "
+        f"{CLICK_FOLDS} seeded folds, each fold's images answered by a click model trained on all val masks and "
+        "those of the other test folds (never its own patient; the mean number of masks shown). A backend "
         "training job promotes a click model only when its simulated clicks on the project's held-out tasks beat the "
         "current answer's, which is what keeps a click model trained on too few masks out.",
         "",
-        "| val masks learnt from | method | Dice@1 | Dice@3 | Dice@5 | NoC@0.80 | NoC@0.85 | reached 0.85 |",
+        "| masks learnt from | method | Dice@1 | Dice@3 | Dice@5 | NoC@0.80 | NoC@0.85 | reached 0.85 |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         for method, m in row["methods"].items():
-            lines.append(f"| {row['masks']} | {method} | {m['dice@1']:.3f} | {m['dice@3']:.3f} | {m['dice@5']:.3f} | "
+            learnt = f"{row['masks']} (val + other test folds)" if row.get("other_test_folds") else row["masks"]
+            lines.append(f"| {learnt} | {method} | {m['dice@1']:.3f} | {m['dice@3']:.3f} | {m['dice@5']:.3f} | "
                          f"{m['noc@0.80']:.2f} | {m['noc@0.85']:.2f} | {m['reached']:.2f} |")
     lines += ["", MASKS_MARKERS[1]]
     return "\n".join(lines)
