@@ -237,7 +237,7 @@ def by_masks(cases: dict[str, list[dict]], seed: int, steps: int = CLICK_STEPS) 
     """Per number of lesion masks learnt from (0: no click model, ``BY_MASKS``, all val, all val plus
     the other test folds'): the test split's ``run_split`` of guided_walker and click_model
     (chained_walker without a click model) with click models trained on seeded subsets of that many
-    val cases, averaged over the subsets; in the last row each test fold has its own click model
+    val cases, averaged over the subsets; in the last rows each test fold has its own click model
     (``patient_folds``) and ``masks`` is their mean number of masks."""
     import dataclasses
 
@@ -264,7 +264,6 @@ def by_masks(cases: dict[str, list[dict]], seed: int, steps: int = CLICK_STEPS) 
     rows.append({"masks": round(float(np.mean(learnt))), "subsets": len(learnt), "other_test_folds": True,
                  "methods": run_split(bound, ("guided_walker", "click_model"))["methods"]})
     return rows
-
 
 
 def by_masks_report(rows: list[dict], args, seconds: float, command: str) -> str:
