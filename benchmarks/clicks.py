@@ -145,7 +145,7 @@ CLICK_SIZE = 128
 
 def click_model(cases: list[dict], name: str, seed: int, steps: int = CLICK_STEPS) -> dict:
     """A click model trained by ``labeler train-segmenter --clicks`` on the cases' images and truths
-    (a pairs folder of links and written masks), cached by the cases' ids: {"path", "command"}."""
+    (a pairs folder of links and written masks), cached by the cases' ids: {"path", "command", "masks"}."""
     import hashlib
 
     from models.clicking import CHAIN
@@ -169,17 +169,17 @@ def click_model(cases: list[dict], name: str, seed: int, steps: int = CLICK_STEP
             cv2.imwrite(str(pairs / "masks" / f"{stem}.png"), np.uint8(case["truth"]) * 255)
         print("$", " ".join(command), file=sys.stderr, flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return {"path": out, "command": shown}
+    return {"path": out, "command": shown, "masks": len(cases)}
 
 
 def with_click_models(cases: dict[str, list[dict]], name: str, seed: int, steps: int = CLICK_STEPS) -> dict[str, str]:
-    """Bind a click model to every case's evidence (``Evidence.clicker``), never one trained on its own
-    patient: val cases get the model of the other val folds (patient-level, seeded), test cases the model
+    """Replace each split's cases by copies bound to a click model (``Evidence.clicker``), never one trained
+    on its own patient: val cases get the model of the other val folds (patient-level, seeded), test cases the model
     trained on all val cases. Returns how they were trained."""
     by_patient = cross_fitted(cases["val"], f"{name}-val", seed, steps)
-    bind(cases["val"], lambda case: by_patient[str(case["item"]["patient"])])
+    cases["val"] = bind(cases["val"], lambda case: by_patient[str(case["item"]["patient"])])
     model = click_model(cases["val"], f"{name}-val", seed, steps)
-    bind(cases["test"], lambda case: model)
+    cases["test"] = bind(cases["test"], lambda case: model)
     return {"command": model["command"], "folds": CLICK_FOLDS}
 
 
@@ -193,19 +193,21 @@ def cross_fitted(cases: list[dict], name: str, seed: int, steps: int, also: Sequ
     return out
 
 
-def bind(cases: list[dict], model_of: Callable[[dict], dict]) -> None:
-    """Bind each case's evidence, in place, to the click model ``model_of(case)`` (each loaded once)."""
+def bind(cases: list[dict], model_of: Callable[[dict], dict]) -> list[dict]:
+    """Copies of ``cases`` whose evidence is bound to the click model ``model_of(case)`` (each loaded once)."""
     import dataclasses
 
     from models.clicking import Clicker
     from models.loading import load_model
 
     loaded: dict[Path, Clicker] = {}
+    out = []
     for case in cases:
         path = model_of(case)["path"]
         if path not in loaded:
             loaded[path] = Clicker(load_model(path, kind="clicker"))
-        case["evidence"] = dataclasses.replace(case["evidence"], clicker=loaded[path].on(case["evidence"].gray))
+        out.append({**case, "evidence": dataclasses.replace(case["evidence"], clicker=loaded[path].on(case["evidence"].gray))})
+    return out
 
 
 def patient_folds(cases: list[dict], seed: int) -> list[set[str]]:
@@ -252,15 +254,12 @@ def by_masks(cases: dict[str, list[dict]], seed: int, steps: int = CLICK_STEPS) 
             else:
                 subset = [val[i] for i in np.random.default_rng(subset_seed).permutation(len(val))[:n]]
                 model = click_model(subset, f"real-val-n{n}-s{subset_seed}", seed, steps)
-            bound = [dict(c) for c in test]
-            bind(bound, lambda case: model)
-            runs.append(run_split(bound, ("guided_walker", "click_model"))["methods"])
+            runs.append(run_split(bind(test, lambda case: model), ("guided_walker", "click_model"))["methods"])
         rows.append({"masks": n, "subsets": len(runs), "methods": {
             method: {key: float(np.mean([r[method][key] for r in runs])) for key in runs[0][method]} for method in runs[0]}})
     by_patient = cross_fitted(test, "real-valtest", seed, steps, also=val)
-    bound = [dict(c) for c in test]
-    bind(bound, lambda case: by_patient[str(case["item"]["patient"])])
-    learnt = [len(val) + sum(str(c["item"]["patient"]) not in fold for c in test) for fold in patient_folds(test, seed)]
+    learnt = [m["masks"] for m in {str(m["path"]): m for m in by_patient.values()}.values()]
+    bound = bind(test, lambda case: by_patient[str(case["item"]["patient"])])
     rows.append({"masks": round(float(np.mean(learnt))), "subsets": len(learnt), "other_test_folds": True,
                  "methods": run_split(bound, ("guided_walker", "click_model"))["methods"]})
     return rows
